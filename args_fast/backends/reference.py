@@ -1,0 +1,68 @@
+"""The reference backend: the paper's Algorithm 1, literally, one row at a time.
+
+The policy runs each row alone, unpadded, with its ordinary Hugging Face KV cache. Every candidate's
+reward is a full forward of the whole candidate sequence (prompt + generated + candidate) through the
+reward model, with no cache at all. Slow on purpose; it is the oracle every other backend is tested
+against.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..hf import reward_of_hidden
+
+
+def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
+    return [ids[mask.bool()] for ids, mask in zip(input_ids, attention_mask)]
+
+
+class ReferencePolicy:
+    def __init__(self, policy):
+        self.model = policy
+        self.device = policy.device
+
+    @torch.no_grad()
+    def prefill(self, input_ids, attention_mask):
+        self.caches, logits = [], []
+        for row in _rows(input_ids.to(self.device), attention_mask.to(self.device)):
+            out = self.model(input_ids=row[None], use_cache=True)
+            self.caches.append(out.past_key_values)
+            logits.append(out.logits[0, -1].float())
+        return torch.stack(logits)
+
+    @torch.no_grad()
+    def step(self, tokens):
+        logits = []
+        for b, token in enumerate(tokens.to(self.device)):
+            out = self.model(input_ids=token.view(1, 1), past_key_values=self.caches[b], use_cache=True)
+            self.caches[b] = out.past_key_values
+            logits.append(out.logits[0, -1].float())
+        return torch.stack(logits)
+
+
+class ReferenceReward:
+    """Reward of a candidate = score head on the last hidden state of the full, unpadded sequence."""
+
+    def __init__(self, reward_model):
+        self.model = reward_model
+        self.backbone = reward_model.base_model
+        self.device = reward_model.device
+        self.forward_calls = 0
+
+    def prefill(self, input_ids, attention_mask):
+        self.contexts = _rows(input_ids.to(self.device), attention_mask.to(self.device))
+
+    @torch.no_grad()
+    def score(self, candidate_ids):
+        rewards = []
+        for context, candidates in zip(self.contexts, candidate_ids.to(self.device)):
+            k = candidates.shape[0]
+            sequences = torch.cat([context.expand(k, -1), candidates[:, None]], dim=1)
+            hidden = self.backbone(input_ids=sequences, use_cache=False).last_hidden_state[:, -1]
+            self.forward_calls += 1
+            rewards.append(reward_of_hidden(self.model, hidden))
+        return torch.stack(rewards)
+
+    def commit(self, choice, tokens):
+        tokens = tokens.to(self.device)
+        self.contexts = [torch.cat([c, t.view(1)]) for c, t in zip(self.contexts, tokens)]
