@@ -28,6 +28,7 @@ class GenerateOutput:
 
 
 def _eos_list(value) -> list[int] | None:
+    """An id or ids that end a row; ``[]`` means never stop early."""
     if value is None:
         return None
     values = [value] if isinstance(value, int) else list(value)
@@ -66,6 +67,7 @@ class ARGSDecoder:
                 f"{hf.attn_implementation(reward_model) if self.reward_kind == 'cached' else 'n/a'!r}")
         self.backend = backend
         gen = getattr(policy, "generation_config", None)
+        # None: the policy's generation_config decides; [] (or a config without one): never stop early.
         self.eos_token_id = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None))
         if pad_token_id is None:
             pad_token_id = getattr(gen, "pad_token_id", None)

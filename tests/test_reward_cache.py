@@ -1,0 +1,43 @@
+"""The torch backend keeps each row's prefix once in the reward cache and calls the reward model once per step."""
+import pytest
+import torch
+
+import args_fast
+from tiny_models import FAMILIES, make_policy, make_reward, padded_prompts
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("k", [1, 7])
+def test_prefix_once_and_one_call_per_step(family, k):
+    policy, reward = make_policy(family, 61), make_reward(family, 62)
+    ids, mask = padded_prompts([9, 4, 6], seed=63)
+    calls = []
+    hook = reward.base_model.register_forward_hook(lambda mod, args, kwargs_out: calls.append(1))
+    decoder = args_fast.ARGSDecoder(policy, reward, k=k, w=1.0, max_new_tokens=10, eos_token_id=None,
+                                    backend="torch")
+    try:
+        out = decoder.generate(ids, mask)
+    finally:
+        hook.remove()
+    steps = out.rewards.shape[1]
+    assert steps == 10
+    # one prefill call, then exactly one candidate call per generated token
+    assert len(calls) == 1 + steps
+    cache = decoder.last_engine.reward.cache
+    layers = reward.config.num_hidden_layers
+    batch, prompt = ids.shape
+    assert cache.keys.shape[:4] == (layers, batch, cache.keys.shape[2], prompt + 10 + k)
+    heads, dim = cache.keys.shape[2], cache.keys.shape[4]
+    # prefix (prompt + generated) once, plus k candidate slots: never k copies of the prefix
+    assert cache.nbytes() == 2 * layers * batch * heads * (prompt + 10 + k) * dim * cache.keys.element_size()
+    # the cache holds exactly the prefix the winner-only commits built: equal to re-encoding the final text
+    seq, m = out.sequences[:, :-1], torch.cat([mask, torch.ones(batch, steps - 1, dtype=torch.long)], 1)
+    from args_fast.backends.hf_cached import CachedReward
+    fresh = CachedReward(reward, 0, 0)
+    fresh.prefill(seq, m)
+    n = seq.shape[1]
+    real = m.bool()[:, None, :, None].expand(-1, heads, -1, dim)
+    for layer in range(layers):
+        got = cache.keys[layer, :, :, :n]
+        want = fresh.cache.keys[layer, :, :, :n]
+        torch.testing.assert_close(got[real.expand_as(got)], want[real.expand_as(want)], rtol=0, atol=1e-5)
