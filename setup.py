@@ -98,9 +98,12 @@ setup(
     version="0.1.0",
     description="Fast, correct ARGS (Alignment as Reward-Guided Search) decoding",
     packages=find_packages(include=["args_fast", "args_fast.*"]),
+    # the default reward head and the held-out eval prompts ship inside the package
+    package_data={"args_fast": ["data/*"]},
     python_requires=">=3.10",
     install_requires=["torch>=2.4,<2.14", "transformers>=5.0,<6", "numpy", "tqdm"],
-    extras_require={"dev": ["pytest", "pytest-benchmark"], "triton": ["triton"]},
+    extras_require={"dev": ["pytest", "pytest-benchmark", "scipy"], "triton": ["triton"],
+                    "eval": ["nltk", "matplotlib", "vaderSentiment", "alt-profanity-check", "chitchat-dataset"]},
     entry_points={"console_scripts": ["args-fast=args_fast.cli:main"]},
     ext_modules=[Extension("args_fast._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},

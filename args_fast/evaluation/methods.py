@@ -1,0 +1,94 @@
+"""The decoding methods compared in the evaluation (ARGS paper, Table 10), each run on a left-padded batch.
+
+Baselines use transformers' ``generate`` with a fresh ``GenerationConfig`` (so the checkpoint's own
+sampling defaults, e.g. a repetition penalty, never leak in); ARGS runs through ``args_fast.ARGSDecoder``.
+Every method returns, per row, the generated token ids up to (not including) the first EOS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import GenerationConfig
+
+from ..decoder import ARGSDecoder
+
+METHODS = ("greedy", "top-k", "nucleus", "contrastive", "args-greedy", "args-stochastic")
+
+
+@dataclass
+class Method:
+    name: str
+    options: dict = field(default_factory=dict)   # what the table prints next to the name
+
+    @property
+    def is_args(self) -> bool:
+        return self.name.startswith("args-")
+
+
+def contrastive_unavailable() -> str | None:
+    """Why contrastive search cannot run offline here, or None when transformers has it built in.
+
+    transformers 5.x moved it out of the library to a hub ``custom_generate`` repository that must be
+    downloaded and run with ``trust_remote_code``; with no hub access there is nothing to run."""
+    from transformers.generation.utils import GENERATION_MODES_MAPPING, GenerationMode
+    target = GENERATION_MODES_MAPPING.get(GenerationMode.CONTRASTIVE_SEARCH)
+    if isinstance(target, str) and "/" in target:
+        import transformers
+        return (f"transformers {transformers.__version__} moved contrastive search to the hub repository "
+                f"'{target}' (custom_generate, trust_remote_code); no hub access offline")
+    return None
+
+
+def make_methods(names, *, k: int, w: float, temperature: float, top_k: int = 40, top_p: float = 0.95,
+                 sample_temperature: float = 0.7) -> list[Method]:
+    bad = [n for n in names if n not in METHODS]
+    if bad or not names:
+        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {','.join(names)!r}")
+    options = {"greedy": {}, "top-k": {"top_k": top_k, "temperature": sample_temperature},
+               "nucleus": {"top_p": top_p, "temperature": 1.0}, "contrastive": {"penalty_alpha": 0.6, "top_k": 4},
+               "args-greedy": {"k": k, "w": w}, "args-stochastic": {"k": k, "w": w, "temperature": temperature}}
+    return [Method(n, options[n]) for n in names]
+
+
+def _cut_at_eos(generated: torch.Tensor, eos_ids: list[int]) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row: the tokens before the first EOS, and ``[that EOS]`` (``[]`` for a row cut by the length limit)."""
+    rows, stops = [], []
+    for row in generated.tolist():
+        cut = next((i for i, t in enumerate(row) if t in eos_ids), None)
+        rows.append(row if cut is None else row[:cut])
+        stops.append([] if cut is None else [row[cut]])
+    return rows, stops
+
+
+@torch.no_grad()
+def run_batch(method: Method, policy, reward_model, tokenizer, input_ids, attention_mask, *, max_new_tokens: int,
+              eos_ids: list[int], pad_id: int, generator: torch.Generator, backend: str = "auto"):
+    """Generate for one batch; returns (continuation ids per row, ``[eos id]`` or ``[]`` per row)."""
+    if method.is_args:
+        decoder = ARGSDecoder(policy, reward_model, k=method.options["k"], w=method.options["w"],
+                              mode=method.name.removeprefix("args-"),
+                              temperature=method.options.get("temperature", 0.7), max_new_tokens=max_new_tokens,
+                              eos_token_id=eos_ids, pad_token_id=pad_id, backend=backend, tokenizer=tokenizer)
+        out = decoder.generate(input_ids, attention_mask, generator=generator)
+        return _cut_at_eos(out.sequences[:, input_ids.shape[1]:], eos_ids)
+    if method.name == "contrastive":
+        reason = contrastive_unavailable()
+        if reason:
+            raise RuntimeError(reason)
+    sampling = method.name in ("top-k", "nucleus")
+    # only the options of this method; for sampling, switch off the other filter (GenerationConfig
+    # defaults to top_k=50, which would silently truncate nucleus sampling)
+    extra = dict(method.options)
+    if method.name == "nucleus":
+        extra["top_k"] = 0
+    elif method.name == "top-k":
+        extra["top_p"] = 1.0
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sampling, eos_token_id=eos_ids,
+                              pad_token_id=pad_id, **extra)
+    # transformers samples from the global torch RNG: draw its seed from our generator so runs repeat
+    if sampling:
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
+    out = policy.generate(input_ids=input_ids.to(policy.device), attention_mask=attention_mask.to(policy.device),
+                          generation_config=config)
+    return _cut_at_eos(out[:, input_ids.shape[1]:].cpu(), eos_ids)

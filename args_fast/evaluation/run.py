@@ -1,0 +1,327 @@
+"""``args-fast eval``: decoding methods over the held-out prompts, one JSONL per method, and a table.
+
+Each JSONL record has the official ARGS fields (``prompt`` = the text the policy saw, ``result`` = the
+continuation, ``response`` = prompt + result, ``elapsed`` = seconds, ``method``) plus the metrics of
+that continuation. ``elapsed`` is the batch's wall time divided by its rows (prompts run batched).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from . import metrics
+from .methods import METHODS, Method, contrastive_unavailable, make_methods, run_batch
+from .prompts import PROMPTS_FILE, load_prompts, select
+from ..decoder import BACKENDS, encode_prompts
+
+
+# --------------------------------------------------------------------------------------- arguments
+def _positive_int(name):
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {value}")
+        return value
+    return parse
+
+
+def _nonneg_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
+    return value
+
+
+def _finite_float(name, positive=False):
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
+        if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number{' > 0' if positive else ''}, got {text}")
+        return value
+    return parse
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, offset: int, max_new_tokens: int,
+                         out_dir: str):
+    parser.add_argument("--num-prompts", type=_positive_int("--num-prompts"), default=num_prompts,
+                        help=f"prompts to run, from --offset in the bundled held-out set (default {num_prompts})")
+    parser.add_argument("--offset", type=_nonneg_int, default=offset, help=f"first prompt index (default {offset})")
+    parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="prompts per batch (default 8)")
+    parser.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=max_new_tokens,
+                        help=f"tokens generated per prompt at most (default {max_new_tokens})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every sampling method (default 0)")
+    parser.add_argument("--out-dir", default=out_dir, help=f"where results go (default {out_dir})")
+    parser.add_argument("--policy", help="local path of a causal LM and its tokenizer (default: the default policy)")
+    parser.add_argument("--reward-model", help="local path of a 1-label *ForSequenceClassification sharing the "
+                                               "policy's tokenizer (default: the default reward model)")
+    parser.add_argument("--prompts", default=str(PROMPTS_FILE), help="prompt JSONL (default: the bundled held-out set)")
+    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="ARGS backend (default auto)")
+    parser.add_argument("--threads", type=_positive_int("--threads"), help="torch CPU threads (default: torch's)")
+
+
+def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    add_common_arguments(parser, num_prompts=100, offset=0, max_new_tokens=64, out_dir="results/eval")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--k", type=_positive_int("--k"), default=10, help="ARGS top-k candidates (default 10)")
+    parser.add_argument("--w", type=_finite_float("--w"), default=1.0, help="ARGS reward weight (default 1.0)")
+    parser.add_argument("--temperature", type=_finite_float("--temperature", positive=True), default=0.7,
+                        help="ARGS-stochastic temperature (default 0.7)")
+    return parser
+
+
+# --------------------------------------------------------------------------------------- the evaluation
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    import transformers
+    return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "platform": platform.platform()}
+
+
+def load_models(policy_path: str | None, reward_path: str | None):
+    """(policy, tokenizer, reward_model, description), float32, eval mode, on CPU."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    if policy_path is None or reward_path is None:
+        from .. import default_models
+    if policy_path:
+        policy, tokenizer = AutoModelForCausalLM.from_pretrained(policy_path), AutoTokenizer.from_pretrained(policy_path)
+    else:
+        policy, tokenizer = default_models.load_default_policy()
+    if reward_path:
+        reward = AutoModelForSequenceClassification.from_pretrained(reward_path)
+    else:
+        reward = default_models.load_default_reward()
+    names = {"policy": policy_path or f"default ({getattr(policy.config, '_name_or_path', '') or type(policy).__name__})",
+             "reward_model": reward_path or f"default ({getattr(reward.config, '_name_or_path', '') or type(reward).__name__})"}
+    if reward_path is None:   # which trained head: the shipped weights change when the reward is retrained
+        import hashlib
+        digest = hashlib.sha256(default_models.REWARD_WEIGHTS.read_bytes()).hexdigest()[:16]
+        names["reward_model"] += f", score head {default_models.REWARD_WEIGHTS.name} sha256 {digest}"
+    return policy.float().eval(), tokenizer, reward.float().eval(), names
+
+
+class Evaluation:
+    """Models, encoded prompts and scorers shared by every method of one run (eval or sweep)."""
+
+    def __init__(self, args, command: str):
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        self.args, self.command = args, command
+        self.prompts = select(load_prompts(args.prompts), args.offset, args.num_prompts)
+        self.policy, self.tokenizer, self.reward, self.model_names = load_models(args.policy, args.reward_model)
+        gen_eos = getattr(self.policy.generation_config, "eos_token_id", None)
+        eos = gen_eos if gen_eos is not None else self.tokenizer.eos_token_id
+        self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if not self.eos_ids:
+            raise ValueError("the policy has no eos_token_id (generation_config or tokenizer)")
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.pad_id = self.tokenizer.pad_token_id
+        self.embedder = metrics.SentenceEmbedder()
+        self.out_dir = Path(args.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        # every batch is encoded once; the same batches feed every method
+        self.batches = []
+        for i in range(0, len(self.prompts), args.batch_size):
+            chunk = self.prompts[i:i + args.batch_size]
+            ids, mask = encode_prompts(self.tokenizer, [p["prompt"] for p in chunk], chat_template=True)
+            self.batches.append((chunk, ids, mask))
+
+    def check_k(self, ks):
+        """ARGS needs k <= the policy's vocabulary: fail before any method runs, not after greedy."""
+        vocab = self.policy.get_output_embeddings().out_features
+        bad = [k for k in ks if not 1 <= k <= vocab]
+        if bad:
+            raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {bad}")
+
+    def header(self) -> dict:
+        a = self.args
+        return {"command": self.command, "models": self.model_names, "seed": a.seed,
+                "prompts": {"file": a.prompts, "offset": a.offset, "count": len(self.prompts)},
+                "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "backend": a.backend,
+                "machine": machine_info()}
+
+    def generate(self, method: Method, label: str | None = None) -> list[dict]:
+        """Run one method over all prompts; records with the official fields, without metrics yet."""
+        label = label or method.name
+        generator = torch.Generator().manual_seed(self.args.seed)
+        records = []
+        with tqdm(total=len(self.prompts), desc=label, unit="prompt", file=sys.stderr) as bar:
+            for chunk, ids, mask in self.batches:
+                start = time.perf_counter()
+                rows, stops = run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
+                                          max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids,
+                                          pad_id=self.pad_id, generator=generator, backend=self.args.backend)
+                elapsed = (time.perf_counter() - start) / len(chunk)
+                # the reward scores prompt + continuation, with the EOS that ended it (the reward model
+                # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
+                for p, row_ids, m, gen, stop in zip(chunk, ids, mask, rows, stops):
+                    prompt_ids = row_ids[m.bool()].tolist()
+                    prompt_text = self.tokenizer.decode(prompt_ids)
+                    result = self.tokenizer.decode(gen, skip_special_tokens=True)
+                    records.append({"id": p["id"], "prompt": prompt_text, "result": result,
+                                    "response": prompt_text + result, "elapsed": elapsed, "method": label,
+                                    "user_message": p["prompt"], "num_tokens": len(gen), "stopped": bool(stop),
+                                    "options": method.options, "_ids": prompt_ids + gen + stop})
+                bar.update(len(chunk))
+        return records
+
+    def score(self, records: list[dict]) -> list[dict]:
+        """Add reward, diversity, coherence and the judges to each record (drops the token ids)."""
+        rewards = metrics.score_sequences(self.reward, [r.pop("_ids") for r in records], self.pad_id)
+        results = [r["result"] for r in records]
+        coherence = self.embedder.coherence([r["user_message"] for r in records], results)
+        judges = metrics.judge_scores(self.embedder, results)
+        for i, r in enumerate(records):
+            r.update(reward=rewards[i], diversity=metrics.diversity(r["result"]), coherence=coherence[i],
+                     **{name: values[i] for name, values in judges.items()})
+        return records
+
+
+def summarize(records: list[dict], baseline: list[dict] | None) -> dict:
+    out = {"n": len(records)}
+    for key in ("reward", "diversity", "coherence") + metrics.JUDGES + ("num_tokens", "elapsed"):
+        out[key], out[f"{key}_std"] = metrics.mean_std([r[key] for r in records])
+    out["stopped"] = sum(r["stopped"] for r in records) / len(records)
+    if baseline is not None:
+        if [r["id"] for r in records] != [r["id"] for r in baseline]:
+            raise ValueError("win rate needs the same prompts in the same order as the baseline")
+        out["win_rate_vs_greedy"] = metrics.win_rate([r["reward"] for r in records], [r["reward"] for r in baseline])
+    return out
+
+
+def write_jsonl(path: Path, records: list[dict]):
+    with open(path, "w") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def targets(summary: dict, method: str = "args-greedy") -> dict | None:
+    """The issue's acceptance targets for ``method`` against greedy, each with its numbers."""
+    g, a = summary.get("greedy"), summary.get(method)
+    if not g or not a or "reward" not in a:
+        return None
+    gain = (a["reward"] - g["reward"]) / g["reward_std"] if g["reward_std"] > 0 else float("nan")
+    rows = {
+        "reward_gain_in_greedy_std >= 0.5": (gain, gain >= 0.5),
+        "win_rate_vs_greedy >= 0.65": (a["win_rate_vs_greedy"], a["win_rate_vs_greedy"] >= 0.65),
+        "diversity - greedy >= 0": (a["diversity"] - g["diversity"], a["diversity"] >= g["diversity"]),
+        "coherence - greedy >= -0.05": (a["coherence"] - g["coherence"], a["coherence"] - g["coherence"] >= -0.05),
+    }
+    for judge in metrics.HELD_OUT_JUDGES:
+        rows[f"held-out {judge} - greedy >= 0"] = (a[judge] - g[judge], a[judge] >= g[judge])
+    return {name: {"value": value, "met": bool(met)} for name, (value, met) in rows.items()}
+
+
+def _fmt(x, digits=3):
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def markdown_table(summary: dict, header: dict, title: str) -> str:
+    m = header["machine"]
+    lines = [f"# {title}", "",
+             f"- command: `{header['command']}`",
+             f"- policy: {header['models']['policy']}; reward model: {header['models']['reward_model']}",
+             f"- prompts: {header['prompts']['count']} held-out prompts from `{header['prompts']['file']}` "
+             f"(offset {header['prompts']['offset']}); max new tokens {header['max_new_tokens']}; "
+             f"batch size {header['batch_size']}; seed {header['seed']}; ARGS backend {header['backend']}",
+             f"- machine: {m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), GPU {m['gpu']}; "
+             f"python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
+             "- reward: the decoding reward model on prompt + continuation; win rate vs greedy by that reward, "
+             "ties (|difference| <= 1e-4) count 1/2; diversity and coherence as in the ARGS paper (coherence "
+             "with all-MiniLM-L6-v2); VADER = compound sentiment, the default reward model's training label "
+             "(optimised, not held out); held-out judges: MiniLM zero-shot positivity and harmlessness = "
+             "1 - P(profane) (alt-profanity-check); all means over prompts (± population std)", "",
+             "| Method | Options | Avg reward | Win rate vs greedy | Diversity | Coherence | VADER | "
+             "MiniLM positivity | Harmlessness | Tokens | Stopped | s/prompt |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, s in summary.items():
+        opts = ", ".join(f"{k}={v}" for k, v in s.get("options", {}).items()) or "-"
+        if "unavailable" in s:
+            lines.append(f"| {name} | {opts} | unavailable: {s['unavailable']} |" + " |" * 9)
+            continue
+        lines.append(f"| {name} | {opts} | {_fmt(s['reward'])} ± {_fmt(s['reward_std'])} | "
+                     f"{_fmt(s.get('win_rate_vs_greedy'))} | {_fmt(s['diversity'])} | {_fmt(s['coherence'])} | "
+                     f"{_fmt(s['vader'])} | {_fmt(s['minilm_positivity'])} | {_fmt(s['harmlessness'])} | {_fmt(s['num_tokens'], 1)} | "
+                     f"{_fmt(s['stopped'], 2)} | {_fmt(s['elapsed'], 2)} |")
+    return "\n".join(lines) + "\n"
+
+
+def command_line(name: str) -> str:
+    """The command as typed: ``args-fast eval ...`` or ``python -m args_fast.evaluation.run ...``."""
+    argv = [shlex.quote(a) for a in sys.argv]
+    module = {"eval": "run", "sweep": "sweep"}[name]
+    if sys.argv and sys.argv[0].endswith(f"evaluation/{module}.py"):
+        return " ".join([f"python -m args_fast.evaluation.{module}"] + argv[1:])
+    if len(sys.argv) > 1 and sys.argv[1] == name:
+        return " ".join(["args-fast"] + argv[1:])
+    return " ".join(argv)
+
+
+def run_eval(args) -> int:
+    methods = make_methods([m.strip() for m in args.methods.split(",") if m.strip()], k=args.k, w=args.w,
+                           temperature=args.temperature)
+    ev = Evaluation(args, getattr(args, "command", None) or command_line("eval"))
+    if any(m.is_args for m in methods):
+        ev.check_k([args.k])
+    summary, greedy = {}, None
+    # greedy is the win-rate baseline: it always runs, and first
+    methods = [Method("greedy")] + [m for m in methods if m.name != "greedy"]
+    for method in methods:
+        if method.name == "contrastive" and (reason := contrastive_unavailable()):
+            summary[method.name] = {"unavailable": reason, "options": method.options}
+            continue
+        records = ev.score(ev.generate(method))
+        write_jsonl(ev.out_dir / f"{method.name}.jsonl", records)
+        if method.name == "greedy":
+            greedy = records
+        summary[method.name] = {"options": method.options, **summarize(records, greedy)}
+    header = ev.header()
+    report = {**header, "methods": summary, "targets": targets(summary)}
+    (ev.out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = markdown_table(summary, header, "ARGS evaluation (held-out chitchat prompts)")
+    if report["targets"]:
+        table += "\n## Targets (args-greedy vs greedy)\n\n| Target | Value | Met |\n|---|---|---|\n" + "".join(
+            f"| {name} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |\n" for name, t in report["targets"].items())
+    (ev.out_dir / "summary.md").write_text(table)
+    print(table)
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="args-fast eval", description=__doc__.split("\n")[0]))
+    return run_eval(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""The native ARGS engine against the `reference` backend, through the one decoding loop.
+
+Every ops table that can load here is held to the oracle: "native" (torch reference ops), "triton"
+(Triton kernels, under TRITON_INTERPRET=1 on CPU) and "cuda" (compiled ops; CPU build on CPU);
+the ones that cannot load are skipped with the reason. float32, CPU unless CUDA is present; tiny
+models with head dim 16 (the Triton attention's smallest tile).
+"""
+import functools
+
+import pytest
+import torch
+from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, LlamaForSequenceClassification, OPTConfig, OPTForCausalLM,
+                          OPTForSequenceClassification)
+
+from args_fast.backends.native_engine import (NATIVE_BACKENDS, make_native_engine, native_engine_available)
+from args_fast.decoder import ARGSDecoder
+
+VOCAB, PAD = 72, 1
+CONFIGS = {  # head dim 16 everywhere; Llama with grouped-query attention (4 query heads on 2 KV heads)
+    "llama": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
+              dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=64)),
+    "opt": (OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
+            dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, max_position_embeddings=64,
+                 word_embed_proj_dim=32)),
+    "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2ForSequenceClassification,
+             dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
+}
+LENGTHS = [5, 2, 7, 3]
+K, STEPS, W = 4, 7, 1.5
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def models(family, seed=0):
+    config_cls, lm_cls, rm_cls, kw = CONFIGS[family]
+    config = dict(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=2, bos_token_id=0, attn_implementation="eager", **kw)
+    torch.manual_seed(seed)
+    policy = lm_cls(config_cls(**config)).eval().to(DEVICE)
+    reward = rm_cls(config_cls(num_labels=1, **config)).eval().to(DEVICE)
+    with torch.no_grad():   # peaked attention (HF's std 0.02 init leaves it near uniform), rewards of order 1
+        for model in (policy, reward):
+            for p in model.parameters():
+                if p.dim() == 2:
+                    p.normal_(0, 0.15)
+        reward.score.weight.normal_(0, 1.0)
+    return policy, reward
+
+
+def prompts(lengths, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, ids.shape[1] - n:] = torch.randint(3, VOCAB, (n,), generator=g)
+        mask[row, ids.shape[1] - n:] = 1
+    return ids, mask
+
+
+def decoder(policy, reward, backend, mode, eos, engine=None, **kw):
+    """An ARGSDecoder whose engine is the native one (until decoder.py lists the native backends)."""
+    dec = ARGSDecoder(policy, reward, k=K, w=W, mode=mode, temperature=0.7, max_new_tokens=STEPS,
+                      eos_token_id=eos, pad_token_id=0, backend="reference")
+    if backend != "reference":
+        dec._engine = lambda max_new_tokens: engine or make_native_engine(
+            backend, policy, reward, k=dec.k, w=dec.w, temperature=dec.temperature, eos_ids=dec.eos_token_id,
+            pad_id=dec._pad(), max_new_tokens=max_new_tokens, **kw)
+    return dec
+
+
+def generate(dec, ids, mask, seed=0):
+    return dec.generate(ids, mask, generator=torch.Generator().manual_seed(seed))
+
+
+def first_stops(generated, eos):
+    """Step at which each row first emits one of ``eos`` (None if never)."""
+    hits = torch.isin(generated, torch.tensor(eos))
+    return [int(row.nonzero()[0]) if row.any() else None for row in hits]
+
+
+def staggered_eos(family, mode):
+    """One or two EOS tokens that the unbounded run emits first at the most distinct steps across rows."""
+    policy, reward = models(family)
+    ids, mask = prompts(LENGTHS)
+    free = generate(decoder(policy, reward, "native", mode, eos=[]), ids, mask).sequences[:, ids.shape[1]:].cpu()
+    seen = free.unique().tolist()
+    candidates = [[a] for a in seen] + [[a, b] for i, a in enumerate(seen) for b in seen[i + 1:]]
+    return max(candidates, key=lambda eos: len({s for s in first_stops(free, eos) if s is not None}))
+
+
+@functools.lru_cache(maxsize=None)
+def reference_run(family, mode):
+    policy, reward = models(family)
+    ids, mask = prompts(LENGTHS)
+    eos = staggered_eos(family, mode)
+    return eos, generate(decoder(policy, reward, "reference", mode, eos=eos), ids, mask)
+
+
+def skip_unless_available(backend, policy, reward):
+    ok, reason = native_engine_available(backend, policy, reward)
+    if not ok:
+        pytest.skip(reason)
+
+
+def assert_same(a, b):
+    assert torch.equal(a.sequences.cpu(), b.sequences.cpu()), (a.sequences, b.sequences)
+    assert torch.equal(a.rewards.isnan().cpu(), b.rewards.isnan().cpu())
+    torch.testing.assert_close(a.rewards.nan_to_num().cpu(), b.rewards.nan_to_num().cpu(), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+@pytest.mark.parametrize("mode", ["greedy", "stochastic"])
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_engine_matches_reference(family, mode, backend):
+    policy, reward = models(family)
+    skip_unless_available(backend, policy, reward)
+    if backend != "native" and family != "llama" and DEVICE == "cpu":
+        pytest.skip("interpreted Triton / CPU-built ops: Llama-GQA only, to keep the suite fast")
+    eos, ref = reference_run(family, mode)
+    ids, mask = prompts(LENGTHS)
+    stops = {s for s in first_stops(ref.sequences[:, ids.shape[1]:].cpu(), eos) if s is not None}
+    assert len(stops) >= 2 and ref.rewards.isnan().any(), "test setup: rows must stop at different steps"
+    assert_same(ref, generate(decoder(policy, reward, backend, mode, eos=eos), ids, mask))
+
+
+def test_eager_cross_device_path_matches_fused_path():
+    """The path for policy and reward model on different devices (select where the logits are, commit
+    where the reward cache is), forced on one device here."""
+    policy, reward = models("llama")
+    ids, mask = prompts(LENGTHS, seed=3)
+    engine = make_native_engine("native", policy, reward, k=K, w=W, temperature=0.7, eos_ids=None, pad_id=0,
+                                max_new_tokens=STEPS, use_graph=False)
+    engine.same_device = False
+    split = generate(decoder(policy, reward, "native", "stochastic", eos=[], engine=engine), ids, mask)
+    fused = generate(decoder(policy, reward, "native", "stochastic", eos=[], use_graph=False), ids, mask)
+    assert_same(split, fused)
+
+
+def test_reward_cache_is_prefix_once_plus_k_slots():
+    policy, reward = models("llama")
+    ids, mask = prompts(LENGTHS)
+    dec = decoder(policy, reward, "native", "greedy", eos=[])
+    generate(dec, ids, mask)
+    engine = dec.last_engine
+    cfg = policy.config
+    layers, kv, dim, prompt = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, ids.shape[1]
+    assert engine.rcache.keys.shape == (layers, len(LENGTHS), kv, prompt + STEPS + K, dim)
+    assert engine.pcache.keys.shape == (layers, len(LENGTHS), kv, prompt + STEPS, dim)
+    per_slot = 2 * layers * len(LENGTHS) * kv * dim * engine.rcache.keys.element_size()
+    assert engine.memory_bytes() == {"policy_kv": per_slot * (prompt + STEPS), "reward_kv": per_slot * (prompt + STEPS + K)}
+
+
+def test_engine_is_reusable_across_requests():
+    """One engine (caches sized once, graph captured once on CUDA) serves prompts of any length that fit."""
+    policy, reward = models("opt")
+    engine = make_native_engine("native", policy, reward, k=K, w=W, temperature=0.7, eos_ids=None, pad_id=0,
+                                max_new_tokens=STEPS, batch_size=3, max_prompt_len=9)
+    keys = engine.rcache.keys
+    for lengths, seed in (([9, 4, 6], 1), ([2, 3, 1], 2), ([8, 8, 5], 3)):
+        ids, mask = prompts(lengths, seed)
+        reused = generate(decoder(policy, reward, "native", "stochastic", eos=[], engine=engine), ids, mask, seed)
+        fresh = generate(decoder(policy, reward, "reference", "stochastic", eos=[]), ids, mask, seed)
+        assert_same(reused, fresh)
+    assert engine.rcache.keys is keys   # no reallocation
+
+
+@pytest.mark.parametrize("family", list(CONFIGS))
+def test_policy_only_engine_is_hf_greedy_decoding(family):
+    """reward_model=None, k=1: the policy's plain greedy decode (the benchmark's baseline) == HF generate."""
+    policy, _ = models(family)
+    ids, mask = prompts(LENGTHS, seed=4)
+    engine = make_native_engine("native", policy, None, k=1, w=0.0, temperature=1.0, eos_ids=None, pad_id=0,
+                                max_new_tokens=STEPS)
+    engine.prefill(ids.to(DEVICE), mask.to(DEVICE))
+    tokens = torch.stack([engine.step(None)[0].clone() for _ in range(STEPS)], 1)
+    want = policy.generate(input_ids=ids.to(DEVICE), attention_mask=mask.to(DEVICE), do_sample=False,
+                           max_new_tokens=STEPS, min_new_tokens=STEPS, pad_token_id=PAD)[:, ids.shape[1]:]
+    assert torch.equal(tokens, want)
+
+
+def test_more_steps_than_sized_for_is_an_error():
+    policy, reward = models("gpt2")
+    ids, mask = prompts([3, 2])
+    engine = make_native_engine("native", policy, reward, k=2, w=1.0, temperature=1.0, eos_ids=None, pad_id=0,
+                                max_new_tokens=2)
+    engine.prefill(ids.to(DEVICE), mask.to(DEVICE))
+    engine.step(None)
+    engine.step(None, last=True)
+    with pytest.raises(RuntimeError, match="max_new_tokens"):
+        engine.step(None)
+
+
+def test_availability_reports_reasons():
+    policy, reward = models("llama")
+    assert native_engine_available("native", policy, reward) == (True, "ok")
+    ok, reason = native_engine_available("bogus", policy, reward)
+    assert not ok and "backend" in reason
+    ok, reason = native_engine_available("native", policy, policy)
+    assert not ok and reason.startswith("reward_model")
+    with pytest.raises(ValueError, match="reward_model"):
+        make_native_engine("native", policy, policy, k=2, w=1.0, temperature=1.0, eos_ids=None, pad_id=0,
+                           max_new_tokens=2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+@pytest.mark.parametrize("mode", ["greedy", "stochastic"])
+def test_cuda_graph_replay_matches_eager(backend, mode):
+    policy, reward = models("llama")
+    skip_unless_available(backend, policy, reward)
+    ids, mask = prompts(LENGTHS, seed=6)
+    outs = []
+    for use_graph in (True, False):
+        outs.append(generate(decoder(policy, reward, backend, mode, eos=[5], use_graph=use_graph), ids, mask))
+    assert outs[0].sequences.shape == outs[1].sequences.shape
+    assert_same(*outs)

