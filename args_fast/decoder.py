@@ -15,10 +15,13 @@ from . import hf
 from .backends.hf_cached import CachedPolicy, CachedReward
 from .backends.reference import ReferencePolicy, ReferenceReward
 from .backends.engine import ComposedEngine
+from .backends.native_engine import NATIVE_BACKENDS, make_native_engine, native_engine_available
 from .backends.text_reward import TextReward, encoder_reward_fn
 
 MODES = ("greedy", "stochastic")
-BACKENDS = ("auto", "reference", "torch")
+BACKENDS = ("auto", "reference", "torch") + NATIVE_BACKENDS
+# "auto" on CUDA tries these in order (the first whose ops load and that supports both models wins)
+AUTO_CUDA_ORDER = ("cuda", "triton", "native")
 
 
 @dataclass
@@ -59,13 +62,22 @@ class ARGSDecoder:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.reward_kind = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
         if backend == "auto":
-            backend = "torch" if self.reward_kind == "cached" and self._maskable() else "reference"
+            backend = self._auto_backend()
         elif backend == "torch" and not self._maskable():
             raise ValueError(
                 f"backend='torch' needs attention that takes an explicit 4-D mask ({hf.MASKABLE_ATTENTION}); "
                 f"policy uses {hf.attn_implementation(policy)!r}, reward model "
                 f"{hf.attn_implementation(reward_model) if self.reward_kind == 'cached' else 'n/a'!r}")
+        elif backend in NATIVE_BACKENDS:
+            if self.reward_kind != "cached":
+                raise ValueError(f"backend={backend!r} needs a causal *ForSequenceClassification reward_model sharing "
+                                 "the policy's vocabulary (the prefix-cached path); text rewards run on 'torch' "
+                                 "or 'reference'")
+            ok, reason = native_engine_available(backend, policy, reward_model)
+            if not ok:
+                raise ValueError(f"backend={backend!r} is not available for these models: {reason}")
         self.backend = backend
+        self._native_engines = {}
         gen = getattr(policy, "generation_config", None)
         # None: the policy's generation_config decides; [] (or a config without one): never stop early.
         self.eos_token_id = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None))
@@ -116,6 +128,16 @@ class ARGSDecoder:
         raise TypeError(f"reward_model must be a *ForSequenceClassification model or a callable, "
                         f"got {type(reward_model).__name__}")
 
+    def _auto_backend(self) -> str:
+        """The fastest backend that runs these models: on CUDA the compiled engine (cuda > triton >
+        native), else ``torch``; ``reference`` only where nothing faster applies (text rewards with
+        attention that takes no 4-D mask). On CPU ``torch`` wins: interpreted Triton is for testing."""
+        if self.reward_kind == "cached" and self.policy.device.type == "cuda":
+            for name in AUTO_CUDA_ORDER:
+                if native_engine_available(name, self.policy, self.reward_model)[0]:
+                    return name
+        return "torch" if self._maskable() else "reference"
+
     def _maskable(self) -> bool:
         models = [self.policy] + ([self.reward_model] if self.reward_kind == "cached" else [])
         return all(hf.attn_implementation(m) in hf.MASKABLE_ATTENTION for m in models)
@@ -157,6 +179,16 @@ class ARGSDecoder:
     # ----------------------------------------------------------------------------------- engines
     def _engine(self, max_new_tokens):
         """The per-step ops of the chosen backend, behind the ``Engine`` contract (backends/engine.py)."""
+        if self.backend in NATIVE_BACKENDS:
+            # Kept between calls: its static caches (and CUDA graphs) are reused while B and the
+            # prompt length fit; a different max_new_tokens builds a new one.
+            engine = self._native_engines.get(max_new_tokens)
+            if engine is None:
+                engine = make_native_engine(self.backend, self.policy, self.reward_model, k=self.k, w=self.w,
+                                            temperature=self.temperature, eos_ids=self.eos_token_id,
+                                            pad_id=self._pad(), max_new_tokens=max_new_tokens)
+                self._native_engines = {max_new_tokens: engine}
+            return engine
         if self.backend == "reference":
             policy = ReferencePolicy(self.policy)
         else:

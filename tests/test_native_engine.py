@@ -59,10 +59,10 @@ def prompts(lengths, seed=0):
 
 
 def decoder(policy, reward, backend, mode, eos, engine=None, **kw):
-    """An ARGSDecoder whose engine is the native one (until decoder.py lists the native backends)."""
+    """An ARGSDecoder on ``backend``; ``engine`` or engine options (``kw``) replace the one it would build."""
     dec = ARGSDecoder(policy, reward, k=K, w=W, mode=mode, temperature=0.7, max_new_tokens=STEPS,
-                      eos_token_id=eos, pad_token_id=0, backend="reference")
-    if backend != "reference":
+                      eos_token_id=eos, pad_token_id=0, backend=backend)
+    if engine is not None or kw:
         dec._engine = lambda max_new_tokens: engine or make_native_engine(
             backend, policy, reward, k=dec.k, w=dec.w, temperature=dec.temperature, eos_ids=dec.eos_token_id,
             pad_id=dec._pad(), max_new_tokens=max_new_tokens, **kw)
@@ -115,8 +115,6 @@ def assert_same(a, b):
 def test_engine_matches_reference(family, mode, backend):
     policy, reward = models(family)
     skip_unless_available(backend, policy, reward)
-    if backend != "native" and family != "llama" and DEVICE == "cpu":
-        pytest.skip("interpreted Triton / CPU-built ops: Llama-GQA only, to keep the suite fast")
     eos, ref = reference_run(family, mode)
     ids, mask = prompts(LENGTHS)
     stops = {s for s in first_stops(ref.sequences[:, ids.shape[1]:].cpu(), eos) if s is not None}
@@ -215,3 +213,43 @@ def test_cuda_graph_replay_matches_eager(backend, mode):
         outs.append(generate(decoder(policy, reward, backend, mode, eos=[5], use_graph=use_graph), ids, mask))
     assert outs[0].sequences.shape == outs[1].sequences.shape
     assert_same(*outs)
+
+
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+@pytest.mark.parametrize("k,w,mode", [(1, 1.5, "greedy"), (10, 0.0, "greedy"), (10, 3.0, "stochastic"),
+                                      (VOCAB - 1, 0.5, "greedy"), (VOCAB, 2.0, "stochastic")])
+def test_public_generate_matches_reference(backend, k, w, mode):
+    """``args_fast.generate(backend=...)`` over k from 1 to the whole vocabulary and several w: the
+    native backends as users call them, against the oracle, on a padded batch with staggered EOS."""
+    import args_fast
+    policy, reward = models("llama", seed=1)
+    skip_unless_available(backend, policy, reward)
+    ids, mask = prompts([4, 1, 6], seed=7)
+    runs = {}
+    for name in ("reference", backend):
+        runs[name] = args_fast.generate(policy, reward, ids, mask, k=k, w=w, mode=mode, temperature=0.9,
+                                        max_new_tokens=6, eos_token_id=[9, 17, 30], pad_token_id=0, backend=name,
+                                        generator=torch.Generator().manual_seed(k))
+    assert_same(runs["reference"], runs[backend])
+
+
+def test_explicit_native_backend_rejects_what_it_cannot_run():
+    import args_fast
+    policy, reward = models("llama")
+    ids, _ = prompts([3])
+    with pytest.raises(ValueError, match="backend='native'"):
+        args_fast.generate(policy, lambda p, r: [0.0] * len(p), ids, backend="native", tokenizer=object())
+    with pytest.raises(ValueError, match="backend='bogus'|backend must be"):
+        args_fast.generate(policy, reward, ids, backend="bogus")
+
+
+def test_auto_picks_torch_on_cpu_and_the_engine_is_reused():
+    policy, reward = models("llama")
+    if DEVICE == "cpu":
+        assert ARGSDecoder(policy, reward).backend == "torch"
+    dec = ARGSDecoder(policy, reward, k=3, backend="native", max_new_tokens=4)
+    ids, mask = prompts([3, 5])
+    dec.generate(ids, mask)
+    first = dec.last_engine
+    dec.generate(ids, mask)
+    assert dec.last_engine is first
