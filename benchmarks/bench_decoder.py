@@ -11,6 +11,7 @@ benchmarks/results/bench_decoder_cpu.md (and .json).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import statistics
 from pathlib import Path
@@ -24,6 +25,7 @@ import args_fast
 
 PROMPT, NEW, K, W = 256, 16, 10, 1.0
 RESULTS = Path(__file__).parent / "results"
+COMMAND = ".venv/bin/python -m pytest -q benchmarks/bench_decoder.py --benchmark-only"
 _rows: dict[tuple[str, int], float] = {}
 
 
@@ -67,18 +69,31 @@ def test_decoder(benchmark, models, method, batch):
     _rows[(method, batch)] = statistics.median(benchmark.stats.stats.data) / NEW * 1000
 
 
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
 def teardown_module(module):
     if len(_rows) < 6:
         return
     params = sum(p.numel() for p in LlamaForCausalLM(_config()).parameters())
+    meta = dict(machine=_cpu_name(), cores=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                torch=torch.__version__, transformers=transformers.__version__, python=platform.python_version(),
+                model=f"random-init Llama {params / 1e6:.1f}M (policy and reward model)", dtype="float32",
+                prompt=PROMPT, new_tokens=NEW, k=K, w=W, unit="ms per generated token (whole generate call / new_tokens)",
+                command=COMMAND)
     lines = [
         "# Decoder core, CPU (issue 2 setting)", "",
-        f"- machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads; "
+        f"- machine: {meta['machine']}, {meta['cores']} cores, {meta['torch_threads']} torch threads; "
         f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
         f"- models: random-init Llama, {params / 1e6:.1f}M parameters each (policy and reward model), float32",
         f"- prompt {PROMPT} tokens, {NEW} new tokens, k = {K}, w = {W}; median over rounds "
         "(5 for torch and HF generate, 1 for reference); whole generate call / new tokens",
-        "- command: `.venv/bin/python -m pytest -q benchmarks/bench_decoder.py --benchmark-only`", "",
+        f"- command: `{COMMAND}`", "",
         "| B | HF greedy generate ms/tok | torch ms/tok | reference ms/tok | reference / torch | torch / HF greedy |",
         "|---|---|---|---|---|---|"]
     for batch in (1, 4):
@@ -87,5 +102,5 @@ def teardown_module(module):
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_decoder_cpu.md").write_text("\n".join(lines) + "\n")
     (RESULTS / "bench_decoder_cpu.json").write_text(json.dumps(
-        {f"{m}/B={b}": v for (m, b), v in _rows.items()}, indent=1) + "\n")
+        {**meta, "ms_per_token": {f"{m}/B={b}": v for (m, b), v in _rows.items()}}, indent=1) + "\n")
     print("\n".join(lines))

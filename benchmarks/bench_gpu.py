@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -209,25 +208,22 @@ def time_engine(engine, ids, mask, steps, repeats, device):
 
 @torch.no_grad()
 def time_hf_generate(policy, ids, mask, steps, repeats, device):
-    def prefill():
+    """Median (prefill s, decode s) of HF greedy ``generate``. generate(n) runs the prefill plus n - 1
+    decode forwards, so ``steps`` decode forwards cost generate(steps + 1) - generate(1), each timed
+    whole, interleaved. (Subtracting a separately timed bare forward under-counts generate's own
+    prefill overhead and, on small models, went negative.)"""
+    def run(new_tokens):
         sync(device)
         t0 = time.perf_counter()
-        policy(input_ids=ids, attention_mask=mask, use_cache=True, logits_to_keep=1)
+        policy.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=new_tokens,
+                        min_new_tokens=new_tokens, pad_token_id=0)
         sync(device)
         return time.perf_counter() - t0
 
-    def run():
-        sync(device)
-        t0 = time.perf_counter()
-        policy.generate(input_ids=ids, attention_mask=mask, do_sample=False, max_new_tokens=steps,
-                        min_new_tokens=steps, pad_token_id=0)
-        sync(device)
-        return time.perf_counter() - t0
-
-    run(), prefill()
-    totals = [run() for _ in range(repeats)]
-    pre = statistics.median(prefill() for _ in range(repeats))
-    return pre, max(statistics.median(totals) - pre, 0.0)
+    run(1), run(steps + 1)   # warm-up
+    short, long = zip(*[(run(1), run(steps + 1)) for _ in range(repeats)])
+    pre, total = statistics.median(short), statistics.median(long)
+    return pre, total - pre
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -332,7 +328,7 @@ def main(argv=None):
                     try:
                         if backend == "hf-generate":
                             pre, dec = time_hf_generate(policy, ids, mask, steps, args.repeats, device)
-                            row["note"] = "HF generate, DynamicCache; decode = total - separately timed prefill"
+                            row["note"] = "HF generate, DynamicCache; decode = generate(T + 1) - generate(1)"
                         else:
                             if backend == "greedy":
                                 best = next(b for b in ("cuda", "triton", "native")
@@ -362,8 +358,14 @@ def main(argv=None):
                         print(f"{name} {backend} B={batch} P={prompt} k={k}: OOM", flush=True)
                         write(meta, rows, stem)
                         continue
+                    if dec <= 0:   # a difference of two timings below the clock's resolution: no number
+                        row["note"] = row.get("note", "") + f"; decode time not resolved ({dec:.2e} s), no figure"
+                        rows.append(row)
+                        print(f"{name} {backend} B={batch} P={prompt} k={k}: decode time not resolved", flush=True)
+                        write(meta, rows, stem)
+                        continue
                     ms = 1e3 * dec / steps
-                    row.update(ms_per_step=ms, tokens_per_s=batch * steps / dec if dec > 0 else math.inf,
+                    row.update(ms_per_step=ms, tokens_per_s=batch * steps / dec,
                                prefill_ms=1e3 * pre, x_floor=ms / row["floor_ms_per_step"])
                     if device.type == "cuda":
                         row["peak_GiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 30

@@ -25,26 +25,21 @@ from ..decoder import BACKENDS, encode_prompts
 
 
 # --------------------------------------------------------------------------------------- arguments
-def _positive_int(name):
+def _int_at_least(name, low):
+    """argparse type: an int >= ``low``; the error names the option and the allowed range."""
     def parse(text):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= 1, got {value}")
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {value}")
         return value
     return parse
 
 
-def _nonneg_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {value}")
-    return value
+def _positive_int(name):
+    return _int_at_least(name, 1)
 
 
 def _finite_float(name, positive=False):
@@ -63,7 +58,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, o
                          out_dir: str):
     parser.add_argument("--num-prompts", type=_positive_int("--num-prompts"), default=num_prompts,
                         help=f"prompts to run, from --offset in the bundled held-out set (default {num_prompts})")
-    parser.add_argument("--offset", type=_nonneg_int, default=offset, help=f"first prompt index (default {offset})")
+    parser.add_argument("--offset", type=_int_at_least("--offset", 0), default=offset, help=f"first prompt index (default {offset})")
     parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="prompts per batch (default 8)")
     parser.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=max_new_tokens,
                         help=f"tokens generated per prompt at most (default {max_new_tokens})")
