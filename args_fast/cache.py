@@ -9,6 +9,8 @@ gather/scatter over all layers. Nothing is ever copied per candidate.
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
@@ -22,7 +24,9 @@ class _SlotLayer(CacheLayerMixin):
 
     def __init__(self, owner: "SlotKVCache", index: int):
         super().__init__()
-        self.owner, self.index = owner, index
+        # A weak back-reference: owner -> layers -> owner would be a cycle, and then the whole cache (GBs
+        # on a GPU) is freed only by the cyclic GC, not when the last user drops it.
+        self.owner, self.index = weakref.proxy(owner), index
 
     def lazy_initialization(self, key_states, value_states):  # storage belongs to the owner
         pass

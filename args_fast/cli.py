@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     gen.add_argument("--prompts-file", help="a file with one prompt per line")
     gen.add_argument("--k", type=_positive_int, default=10, help="candidates per step (default 10)")
-    gen.add_argument("--w", type=float, default=1.5, help="reward weight (default 1.5)")
+    gen.add_argument("--w", type=float, default=1.0,
+                     help="reward weight (default 1.0: chosen for the default reward model, results/README.md)")
     gen.add_argument("--mode", choices=MODES, default="greedy")
     gen.add_argument("--temperature", type=float, default=0.7, help="for --mode stochastic (default 0.7)")
     gen.add_argument("--max-new-tokens", type=int, default=64)

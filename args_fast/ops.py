@@ -48,7 +48,9 @@ def select_candidates(
     if eos_ids is None:
         new_finished = finished
     else:
-        new_finished = finished | torch.isin(token, eos_ids.to(token.device))
+        # an elementwise compare, not torch.isin: isin switches to a sort + unique path for longer
+        # EOS lists, which syncs the host and cannot be captured in a CUDA graph
+        new_finished = finished | (token[:, None] == eos_ids.to(token.device)[None, :]).any(-1)
     return choice, token, reward, new_finished
 
 

@@ -6,7 +6,7 @@ replies (top-k sampling, the same candidate pool ARGS searches); each reply is l
 judge, vaderSentiment's compound score, and every pair of replies to the SAME context whose scores
 differ by at least ``margin`` becomes (preferred, rejected). Why not the human ratings directly: they
 are per conversation (witty/upbeat/interesting), and on train turns they correlate with turn text
-features at about 0.05 (measured in results/reward_model.md), too weak to label replies.
+features at about 0.05 (measured in results/v1/reward_model.md), too weak to label replies.
 
 Partial responses: ARGS scores every prefix. The features of a reply are the backbone's final hidden
 state at each token as the policy emits it (exactly what the reward model computes on the
@@ -38,8 +38,8 @@ from . import chitchat
 from .default_models import (DATA_DIR, POLICY_NAME, REWARD_META, REWARD_WEIGHTS, build_reward_model, cache_root,
                              load_default_policy, policy_dir)
 
-PREFIX_LENGTHS = (2, 4, 8, 16)   # response lengths (tokens) at which prefix pairs are compared
-FEATURES_VERSION = 2                    # bump when the sampling/feature code changes (cache key)
+PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
+FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
 L2_GRID = (1e-3, 1e-2, 1e-1, 1.0, 3.0, 10.0, 30.0, 100.0)
 
 
@@ -53,9 +53,9 @@ def pairwise_loss(r_preferred: torch.Tensor, r_rejected: torch.Tensor) -> torch.
 
 @dataclass(frozen=True)
 class DataConfig:
-    contexts: int = 160           # train contexts (val/test: see the CLI)
+    contexts: int = 800           # train contexts (val/test: see the CLI)
     samples: int = 4              # policy replies per context
-    max_new_tokens: int = 24
+    max_new_tokens: int = 64      # as long as the evaluation's replies: the head sees what ARGS will score
     temperature: float = 1.0
     top_k: int = 10
     seed: int = 0
@@ -236,7 +236,7 @@ def per_length_accuracy(data, pairs, w) -> dict:
 
 
 # --------------------------------------------------------------------------------------- main
-def train_reward_model(*, train_contexts=160, val_contexts=40, test_contexts=60, samples=4, max_new_tokens=24,
+def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
                        temperature=1.0, top_k=10, margin=0.3, prefix_weight=1.0, seed=0, batch_size=64,
                        cache_dir=None, out_dir: str | Path = DATA_DIR, command: str = "") -> dict:
     if not (isinstance(margin, (int, float)) and 0 < margin < 2):
@@ -364,11 +364,11 @@ def _version(dist):
 # --------------------------------------------------------------------------------------- CLI
 def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p = parser.add_argument
-    p("--train-contexts", type=int, default=160, help="train-split contexts (one per conversation)")
-    p("--val-contexts", type=int, default=40)
-    p("--test-contexts", type=int, default=60)
+    p("--train-contexts", type=int, default=800, help="train-split contexts (one per conversation)")
+    p("--val-contexts", type=int, default=150, help="val-split contexts (choose the L2 strength)")
+    p("--test-contexts", type=int, default=200, help="test-split contexts (the reported accuracy)")
     p("--samples", type=int, default=4, help="policy replies sampled per context (>= 2)")
-    p("--max-new-tokens", type=int, default=24)
+    p("--max-new-tokens", type=int, default=64, help="reply length cap when sampling (default 64)")
     p("--temperature", type=float, default=1.0)
     p("--top-k", type=int, default=10)
     p("--margin", type=float, default=0.3, help="min vader compound difference for a preference pair")

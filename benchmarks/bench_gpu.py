@@ -23,6 +23,7 @@ benchmarks/results/bench_gpu[_<tag>].json and .md (rewritten after every point).
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -322,7 +323,9 @@ def main(argv=None):
                     if k is not None:
                         floor_bytes += w_reward + kv_bytes_per_slot(reward, batch) * (kv_slots + k)
                     row["floor_ms_per_step"] = 1e3 * floor_bytes / bandwidth
+                    engine = None
                     if device.type == "cuda":
+                        gc.collect()   # the previous job's caches (tens of GB at 7B) must be gone first
                         torch.cuda.empty_cache()
                         torch.cuda.reset_peak_memory_stats(device)
                     try:
@@ -353,7 +356,11 @@ def main(argv=None):
                             pre, dec = time_engine(engine, ids, mask, steps, args.repeats, device)
                             del engine
                     except torch.OutOfMemoryError as exc:
-                        row["note"] = f"out of memory: {str(exc).splitlines()[0][:120]}"
+                        message = str(exc).splitlines()[0][:120]
+                        engine = exc = None   # a live engine (or the traceback's frames) would keep its caches
+                        gc.collect()
+                        torch.cuda.empty_cache()
+                        row["note"] = f"out of memory: {message}"
                         rows.append(row)
                         print(f"{name} {backend} B={batch} P={prompt} k={k}: OOM", flush=True)
                         write(meta, rows, stem)

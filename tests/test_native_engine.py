@@ -204,13 +204,15 @@ def test_availability_reports_reasons():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graph capture needs a CUDA device")
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 @pytest.mark.parametrize("mode", ["greedy", "stochastic"])
-def test_cuda_graph_replay_matches_eager(backend, mode):
+@pytest.mark.parametrize("new_tokens", [1, STEPS])   # 1: the capture warm-up must stay inside the caches
+def test_cuda_graph_replay_matches_eager(backend, mode, new_tokens):
     policy, reward = models("llama")
     skip_unless_available(backend, policy, reward)
     ids, mask = prompts(LENGTHS, seed=6)
     outs = []
     for use_graph in (True, False):
-        outs.append(generate(decoder(policy, reward, backend, mode, eos=[5], use_graph=use_graph), ids, mask))
+        dec = decoder(policy, reward, backend, mode, eos=[5], use_graph=use_graph)
+        outs.append(dec.generate(ids, mask, max_new_tokens=new_tokens, generator=torch.Generator().manual_seed(0)))
     assert outs[0].sequences.shape == outs[1].sequences.shape
     assert_same(*outs)
 

@@ -41,3 +41,24 @@ def test_prefix_once_and_one_call_per_step(family, k):
         got = cache.keys[layer, :, :, :n]
         want = fresh.cache.keys[layer, :, :, :n]
         torch.testing.assert_close(got[real.expand_as(got)], want[real.expand_as(want)], rtol=0, atol=1e-5)
+
+
+def test_slot_cache_is_freed_without_the_cyclic_gc():
+    """The cache must be released as soon as its last user drops it (no owner <-> layer cycle): on a
+    GPU it can be tens of GB, and a benchmark that builds a new one per run would otherwise OOM."""
+    import gc
+    import weakref
+
+    from args_fast.cache import SlotKVCache
+
+    gc.collect()
+    gc.disable()
+    try:
+        cache = SlotKVCache(num_layers=2, batch_size=1, max_slots=8)
+        cache.layers[1].update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
+        assert cache.get_seq_length() == 0 and cache.layers[1].get_max_length() == 8
+        keys = weakref.ref(cache.keys)
+        del cache
+        assert keys() is None
+    finally:
+        gc.enable()

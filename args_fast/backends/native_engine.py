@@ -169,6 +169,10 @@ class NativeEngine:
 
     # -------------------------------------------------------------------------------- state
     def _allocate(self, batch: int, prompt_len: int):
+        # Drop the old caches and graphs (whose pools hold their memory) before allocating the new ones:
+        # at 7B scale each cache is tens of GB and both would not fit at once.
+        self.graphs.clear()
+        self.pcache = self.rcache = None
         slots = prompt_len + self.max_new_tokens
         self.pcache = self.policy.new_cache(batch, slots)
         if self.reward is not None:
@@ -180,7 +184,6 @@ class NativeEngine:
         self.uniforms = torch.zeros(batch, self.k, dtype=torch.float32, device=dev)
         self.token = torch.zeros(batch, dtype=torch.long, device=dev)              # static graph outputs
         self.chosen_reward = torch.zeros(batch, dtype=torch.float32, device=dev)
-        self.graphs.clear()
 
     def memory_bytes(self) -> dict[str, int]:
         return {"policy_kv": self.pcache.nbytes() if self.pcache else 0,
@@ -245,9 +248,11 @@ class NativeEngine:
         with torch.cuda.stream(stream):
             for _ in range(2):
                 self._body(uniforms)
+                # restore after EACH run: two runs from the same state write the same slots, so the
+                # warm-up stays inside the caches even when max_new_tokens == 1
+                for t, s in zip(state, saved):
+                    t.copy_(s)
         torch.cuda.current_stream(self.device).wait_stream(stream)
-        for t, s in zip(state, saved):
-            t.copy_(s)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             self._body(uniforms)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 
 from ..ops import candidate_attention as candidate_attention_reference
 
@@ -139,7 +140,9 @@ def _combine_kernel(
              out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
 
-INTERPRETED = isinstance(_combine_kernel, triton.runtime.interpreter.InterpretedFunction)
+# Imported explicitly: Triton loads triton.runtime.interpreter only when TRITON_INTERPRET=1, so
+# the attribute path fails on GPU machines.
+INTERPRETED = isinstance(_combine_kernel, InterpretedFunction)
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
@@ -218,12 +221,25 @@ def check_slot_ranges(prefix_start: torch.Tensor, prefix_end: torch.Tensor, k: i
                          f"prefix_end {end[rows].tolist()}")
 
 
+def tile_config(n_rows: int, dim: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_stages) of the prefix kernel. Shared memory holds the Q tile plus
+    ``num_stages`` pipelined K/V tiles, so wide rows (head dim 256, or fp32 at 128) take shorter K/V
+    tiles, fewer stages and at most 64 stacked queries: with BLOCK_N = 64 and 3 stages those configs
+    need 172-426 KB, over sm_80's 163 KB and sm_90's 227 KB per block (tests/test_triton_compile.py
+    compiles every config for both). Chosen from shapes only, the same under the interpreter."""
+    row_bytes = dim * (4 if dtype == torch.float32 else 2)
+    block_m = min(BLOCK_M_MAX if row_bytes <= 512 else 64, max(16, triton.next_power_of_2(n_rows)))
+    block_n = 64 if row_bytes <= 256 else 32
+    num_stages = 3 if row_bytes <= 512 else 2
+    return block_m, block_n, num_stages
+
+
 def _launch(q, k_cache, v_cache, prefix_start, prefix_end, scale: float, num_splits: int) -> torch.Tensor:
     batch, hq, k, dim = q.shape
     hkv, slots = k_cache.shape[1], k_cache.shape[2]
     group = hq // hkv
     n_rows = k * group
-    block_m = min(BLOCK_M_MAX, max(16, triton.next_power_of_2(n_rows)))
+    block_m, block_n, num_stages = tile_config(n_rows, dim, q.dtype)
     m_blocks = triton.cdiv(n_rows, block_m)
     out = torch.empty_like(q)
     m_part = torch.empty(batch * hkv * n_rows * num_splits, dtype=torch.float32, device=q.device)
@@ -239,8 +255,8 @@ def _launch(q, k_cache, v_cache, prefix_start, prefix_end, scale: float, num_spl
         q, k_cache, v_cache, prefix_start, prefix_end, m_part, l_part, a_part,
         *q.stride(), *k_cache.stride(), *v_cache.stride(),
         hkv, k, group, slots, num_splits, qk_scale,
-        BLOCK_M=block_m, BLOCK_N=64, HEAD_DIM=dim, DOT_FP32=dot_fp32, PRECISION="ieee" if dot_fp32 else "tf32",
-        num_warps=num_warps, num_stages=3,
+        BLOCK_M=block_m, BLOCK_N=block_n, HEAD_DIM=dim, DOT_FP32=dot_fp32, PRECISION="ieee" if dot_fp32 else "tf32",
+        num_warps=num_warps, num_stages=num_stages,
     )
     _combine_kernel[(batch * hkv, m_blocks)](
         q, k_cache, v_cache, prefix_end, m_part, l_part, a_part, out,
@@ -276,7 +292,7 @@ def candidate_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     hkv, slots = k_cache.shape[1], k_cache.shape[2]
     scale = dim ** -0.5 if scale is None else float(scale)
     if num_splits is None:
-        m_blocks = triton.cdiv(k * (hq // hkv), BLOCK_M_MAX)
+        m_blocks = triton.cdiv(k * (hq // hkv), tile_config(k * (hq // hkv), dim, q.dtype)[0])
         num_splits = default_num_splits(batch, hkv, m_blocks, slots - k, q.device)
     return torch.ops.args_fast.candidate_attention(q, k_cache, v_cache, prefix_start, prefix_end, scale, num_splits)
 

@@ -18,8 +18,9 @@ reading the already-bumped ``prefix_end - 1``. A single launch would race: the p
 Bit-exactness with the torch reference on CUDA: the select kernel is compiled without FMA contraction
 (``enable_fp_fusion=False``: ``logit + w * r`` rounds twice, like torch's two ops) and takes logs
 with libdevice's ``logf``, which torch's CUDA ``log`` computes too. ``score / T`` follows torch per
-device: on CUDA torch multiplies by the reciprocal of a Python-scalar divisor (``fp32(1 / T)``, the
-reciprocal taken in double, as ATen's ``div_true_kernel_cuda`` does), on CPU it divides exactly
+device: on CUDA torch multiplies by the reciprocal of a Python-scalar divisor, taken in fp32 of the
+fp32-rounded divisor (ATen's ``div_true_kernel_cuda``: ``opmath_t(1.0) / iter.scalar_value<opmath_t>(2)``,
+i.e. ``fp32(1 / fp32(T))``; 1/T in double differs by an ulp for T = 0.55, 0.85, ...), on CPU it divides exactly
 (``div_rn``; Triton's plain ``/`` is approximate on GPUs). In the CPU interpreter the log is numpy's,
 which differs from torch's CPU log in the last bit for some inputs; that can only flip a choice whose
 Gumbel-perturbed scores tie to within an ulp.
@@ -36,6 +37,7 @@ import struct
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.interpreter import InterpretedFunction
 from triton.language.extra import libdevice
 
 from ..ops import commit_slots_, select_candidates
@@ -122,7 +124,9 @@ def _commit_kernel(
     tl.store(base + dst * sv_s + offs * sv_d, row, mask=mask)
 
 
-INTERPRETED = isinstance(_select_kernel, triton.runtime.interpreter.InterpretedFunction)
+# Imported explicitly: Triton loads triton.runtime.interpreter only when TRITON_INTERPRET=1, so
+# the attribute path fails on GPU machines.
+INTERPRETED = isinstance(_select_kernel, InterpretedFunction)
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INTS = (torch.int32, torch.int64)
 
@@ -198,7 +202,7 @@ def _launch(top_logits, top_ids, rewards, uniforms, w, temperature, finished, eo
     _select_kernel[(batch,)](
         top_logits, top_ids, rewards, u, finished.view(torch.uint8), eos, prefix_end, choice, token, reward,
         *top_logits.stride(), *top_ids.stride(), *rewards.stride(), *u.stride(),
-        k, n_eos, float(w), temperature, _fp32(1.0 / temperature), pad_id,
+        k, n_eos, float(w), temperature, _fp32(1.0 / _fp32(temperature)), pad_id,
         BLOCK_K=triton.next_power_of_2(k), BLOCK_E=triton.next_power_of_2(max(n_eos, 1)),
         STOCHASTIC=stochastic, HAS_EOS=n_eos > 0, LIBDEVICE=not INTERPRETED, DIV_BY_MUL=device.type == "cuda",
         TINY=FP32_TINY, ONE_MINUS_EPS=FP32_ONE_MINUS_EPS,
