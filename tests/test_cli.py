@@ -44,4 +44,4 @@ def test_console_entry_point(saved):
                           "--reward-model", str(saved / "reward"), "--prompt", "hey", "--max-new-tokens", "3",
                           "--backend", "reference"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
-    assert "--- ARGS-greedy (k=10, w=1.5)" in out.stdout
+    assert "--- ARGS-greedy (k=10, w=1.0)" in out.stdout   # the CLI default w
