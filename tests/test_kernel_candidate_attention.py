@@ -46,7 +46,7 @@ def make_case(gen, batch, kv_heads, group, k, dim, max_prefix, dtype=torch.float
 
 
 # (batch, kv_heads, group, k, dim, max_prefix, layout, num_splits): k in {1,3,10,40,64}, groups 1/2/4/8,
-# D 64/128/32, prefixes 1..2048, every stacked-M regime (<16, one block, several 128-row blocks).
+# D 32/64/128/256, prefixes 1..2048, every stacked-M regime (<16, one block, several 128-row blocks).
 CASES = [
     (2, 2, 1, 1, 64, 1, "contiguous", None),
     (3, 1, 4, 10, 128, 700, "slot_major", None),
@@ -60,6 +60,7 @@ CASES = [
     (2, 1, 8, 10, 128, 2048, "slot_major", None),
     (1, 2, 4, 64, 128, 900, "padded_dim", 2),
     (3, 2, 2, 40, 64, 1, "contiguous", None),
+    (1, 2, 2, 40, 256, 300, "contiguous", None),  # D 256: the wide-row tiles (<= 64 queries, two M blocks)
 ]
 
 
