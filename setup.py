@@ -6,7 +6,7 @@ with torch's bundled pybind11 headers, so install with ``pip install --no-build-
 torch has CUDA and nvcc is found; ``ARGS_FAST_BUILD_CUDA=0/1`` forces the choice and
 ``ARGS_FAST_CUDA_ARCHS`` (e.g. "90") sets CMAKE_CUDA_ARCHITECTURES. A failed or impossible build
 never fails the install: it prints a warning, writes the reason to args_fast/_C_build_error.txt, and
-``args_fast.compiled.available()`` then returns False with that reason.
+``args_fast.csrc_ops.available()`` then returns False with that reason.
 """
 import os
 import shutil
@@ -101,7 +101,8 @@ setup(
     # the default reward head and the held-out eval prompts ship inside the package
     package_data={"args_fast": ["data/*"]},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4,<2.14", "transformers>=5.0,<6", "numpy", "tqdm"],
+    # torch 2.5: SDPA's enable_gqa (the static runners); tested on 2.13 (CPU) and 2.11 (the GPU machine)
+    install_requires=["torch>=2.5,<2.14", "transformers>=5.0,<6", "numpy", "tqdm"],
     extras_require={"dev": ["pytest", "pytest-benchmark", "scipy"], "triton": ["triton"],
                     "eval": ["nltk", "matplotlib", "vaderSentiment", "alt-profanity-check", "chitchat-dataset"]},
     entry_points={"console_scripts": ["args-fast=args_fast.cli:main"]},

@@ -8,26 +8,7 @@ import time
 import torch
 
 from .decoder import BACKENDS, MODES, ARGSDecoder, decode_continuations, encode_prompts
-
-
-def load_models(policy_path: str | None, reward_path: str | None, dtype=torch.float32):
-    """(policy, tokenizer, reward_model, reward_tokenizer); the embedded defaults where a path is None."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    if policy_path is None:
-        from .default_models import load_default_policy
-        policy, tokenizer = load_default_policy(dtype=dtype)
-    else:
-        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype).eval()
-        tokenizer = AutoTokenizer.from_pretrained(policy_path)
-    if reward_path is None:
-        from .default_models import load_default_reward
-        reward = load_default_reward(dtype=dtype)
-        return policy, tokenizer, reward, None
-    reward = AutoModelForSequenceClassification.from_pretrained(reward_path, dtype=dtype).eval()
-    reward_tokenizer = None
-    if reward.config.vocab_size != policy.config.vocab_size:  # another vocabulary: score through text
-        reward_tokenizer = AutoTokenizer.from_pretrained(reward_path)
-    return policy, tokenizer, reward, reward_tokenizer
+from .models import load_models
 
 
 def _final_rewards(rewards: torch.Tensor) -> list[float]:
@@ -53,7 +34,8 @@ def run_generate(args) -> int:
     from tqdm import tqdm
     prompts = _read_prompts(args)
     print("loading models ...", file=sys.stderr)
-    policy, tokenizer, reward, reward_tokenizer = load_models(args.policy, args.reward_model)
+    loaded = load_models(args.policy, args.reward_model)
+    policy, tokenizer, reward, reward_tokenizer = loaded.policy, loaded.tokenizer, loaded.reward, loaded.reward_tokenizer
     chat = args.chat_template == "on" or (args.chat_template == "auto" and tokenizer.chat_template is not None)
     input_ids, attention_mask = encode_prompts(tokenizer, prompts, chat_template=chat)
     common = dict(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)

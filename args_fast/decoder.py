@@ -2,26 +2,36 @@
 
     score(v) = logit(v) + w * r([x, v])   over the policy's top-k tokens v
     greedy: argmax score;  stochastic: sample softmax(score / T) via Gumbel-max on passed-in uniforms.
+
+From ``args_fast.generate`` to a Triton kernel, every hop (backend ``static-triton``):
+
+1. ``generate`` -> :class:`ARGSDecoder` (this module): validates the options, classifies the reward,
+   and asks ``backends/registry.py`` for an engine once: ``registry.choose`` (auto) or
+   ``registry.build`` (a named backend) -> the backend's builder makes the two
+   ``runners.StaticRunner`` s (``runners/from_hf.py``), loads the ops table ``OPS_TABLES[name]``
+   (``backends/static_engine.py``) and returns a ``StaticEngine``.
+2. :meth:`ARGSDecoder.generate` (the loop below) -> ``StaticEngine.prefill`` once, then
+   ``StaticEngine.step`` per token -> ``StaticEngine._body`` (or the CUDA graph captured from it).
+3. ``_body`` -> the reward runner's ``StaticRunner.decode`` (``runners/transformer.py``) -> per layer
+   ``ops.attention`` = ``kernels.candidate_attention`` (``kernels/candidate_attention.py``) -> the
+   custom op ``args_fast::candidate_attention`` -> ``_prefix_split_kernel`` and ``_combine_kernel``;
+   then ``ops.select_commit`` = ``kernels.select_commit`` -> ``_select_kernel`` and ``_commit_kernel``.
 """
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from . import hf
-from .backends.hf_cached import CachedPolicy, CachedReward
-from .backends.reference import ReferencePolicy, ReferenceReward
-from .backends.engine import ComposedEngine
-from .backends.native_engine import NATIVE_BACKENDS, make_native_engine, native_engine_available
-from .backends.text_reward import TextReward, encoder_reward_fn
+from .backends import registry
+from .backends.engine import Engine
 
 MODES = ("greedy", "stochastic")
-BACKENDS = ("auto", "reference", "torch") + NATIVE_BACKENDS
-# "auto" on CUDA tries these in order (the first whose ops load and that supports both models wins)
-AUTO_CUDA_ORDER = ("cuda", "triton", "native")
+BACKENDS = registry.CHOICES
 
 
 @dataclass
@@ -39,60 +49,84 @@ def _eos_list(value) -> list[int] | None:
 
 
 class ARGSDecoder:
-    """Holds a policy, a reward and the ARGS options; ``generate`` runs the decoding loop.
+    """Holds a policy, a reward, the ARGS options and the engine of one backend; ``generate`` runs the
+    decoding loop.
 
     ``reward_model`` is a Hugging Face ``*ForSequenceClassification`` with one label sharing the
     policy's vocabulary (fast, prefix-cached path), or a model with its own ``reward_tokenizer``, or
     any callable ``reward(prompts: list[str], responses: list[str]) -> floats`` (text path; needs
     ``tokenizer``).
+
+    The options are fixed at construction (read-only attributes): the engine is built for them once,
+    with its runners, ops and caches, and reused by every call. ``decoder.replace(w=2.0)`` returns a
+    new decoder with some options changed. ``engine`` takes a ready
+    :class:`~args_fast.backends.engine.Engine` instead of building one (tests, benchmarks, your own
+    engine); its options must equal the decoder's.
+
+    One decoder may be called from several threads: calls run one at a time (a lock around the
+    engine, whose caches hold one request's state).
     """
 
     def __init__(self, policy, reward_model, *, k: int = 10, w: float = 1.0, mode: str = "greedy",
                  temperature: float = 0.7, max_new_tokens: int = 128, eos_token_id=None, pad_token_id=None,
-                 backend: str = "auto", tokenizer=None, reward_tokenizer=None):
+                 backend: str = "auto", tokenizer=None, reward_tokenizer=None, engine: Engine | None = None):
+        self._init_args = dict(k=k, w=w, mode=mode, temperature=temperature, max_new_tokens=max_new_tokens,
+                               eos_token_id=eos_token_id, pad_token_id=pad_token_id, backend=backend,
+                               tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
         if not isinstance(policy, torch.nn.Module) or not hasattr(policy, "get_output_embeddings"):
             raise TypeError(f"policy must be a Hugging Face causal LM, got {type(policy).__name__}")
         self.policy, self.reward_model = policy, reward_model
         self.vocab = policy.get_output_embeddings().out_features
         self.tokenizer, self.reward_tokenizer = tokenizer, reward_tokenizer
-        self.k, self.w, self.mode, self.temperature = k, w, mode, temperature
+        self._check_options(k, w, mode, temperature)
+        self._check_max_new_tokens(max_new_tokens)
+        self._k, self._w, self._mode, self._temperature = k, w, mode, temperature
         self.max_new_tokens = max_new_tokens
-        self._check_options(k, w, mode, temperature, max_new_tokens)
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        backend = registry.canonical_name(backend)
         self.reward_kind = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
-        if backend == "auto":
-            backend = self._auto_backend()
-        elif backend == "torch" and not self._maskable():
-            raise ValueError(
-                f"backend='torch' needs attention that takes an explicit 4-D mask ({hf.MASKABLE_ATTENTION}); "
-                f"policy uses {hf.attn_implementation(policy)!r}, reward model "
-                f"{hf.attn_implementation(reward_model) if self.reward_kind == 'cached' else 'n/a'!r}")
-        elif backend in NATIVE_BACKENDS:
-            if self.reward_kind != "cached":
-                raise ValueError(f"backend={backend!r} needs a causal *ForSequenceClassification reward_model sharing "
-                                 "the policy's vocabulary (the prefix-cached path); text rewards run on 'torch' "
-                                 "or 'reference'")
-            ok, reason = native_engine_available(backend, policy, reward_model)
-            if not ok:
-                raise ValueError(f"backend={backend!r} is not available for these models: {reason}")
-        self.backend = backend
-        self._native_engines = {}
         gen = getattr(policy, "generation_config", None)
         # None: the policy's generation_config decides; [] (or a config without one): never stop early.
-        self.eos_token_id = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None))
+        self._eos = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None))
         if pad_token_id is None:
             pad_token_id = getattr(gen, "pad_token_id", None)
-        if pad_token_id is None and self.eos_token_id:
-            pad_token_id = self.eos_token_id[0]   # as transformers' generate does
-        self.pad_token_id = pad_token_id
-        for name, ids in (("eos_token_id", self.eos_token_id or []), ("pad_token_id", [pad_token_id] if pad_token_id is not None else [])):
+        if pad_token_id is None and self._eos:
+            pad_token_id = self._eos[0]   # as transformers' generate does
+        self._pad_token_id = pad_token_id
+        for name, ids in (("eos_token_id", self._eos or []), ("pad_token_id", [pad_token_id] if pad_token_id is not None else [])):
             for i in ids:
                 if not isinstance(i, int) or not 0 <= i < self.vocab:
                     raise ValueError(f"{name} must be token ids in [0, {self.vocab}), got {i!r}")
+        options = registry.Options(k=k, w=w, temperature=temperature, eos_ids=self._eos, pad_id=self._pad())
+        if engine is not None:
+            self._engine = self._check_engine(engine, options)
+            self._backend = "custom"
+        else:
+            models = registry.Models(policy, reward_model, self.reward_kind, tokenizer, reward_tokenizer)
+            if backend == "auto":
+                self._backend, self._engine = registry.choose(models, options)
+            else:
+                self._backend, self._engine = backend, registry.build(backend, models, options)
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------ read-only options
+    k = property(lambda self: self._k, doc="candidates per step")
+    w = property(lambda self: self._w, doc="reward weight")
+    mode = property(lambda self: self._mode, doc="'greedy' or 'stochastic'")
+    temperature = property(lambda self: self._temperature, doc="stochastic mode's temperature")
+    eos_token_id = property(lambda self: self._eos, doc="ids that end a row (None: never stop early)")
+    pad_token_id = property(lambda self: self._pad_token_id, doc="id written after a row's EOS")
+    backend = property(lambda self: self._backend, doc="the backend that runs ('custom' for a passed engine)")
+    engine = property(lambda self: self._engine, doc="the engine the loop drives (see backends/engine.py)")
+
+    def replace(self, **changes) -> "ARGSDecoder":
+        """A new decoder on the same models with some options changed, e.g. ``decoder.replace(w=2.0)``."""
+        unknown = sorted(set(changes) - set(self._init_args))
+        if unknown:
+            raise TypeError(f"replace() takes the options {sorted(self._init_args)}, got {unknown}")
+        return ARGSDecoder(self.policy, self.reward_model, **{**self._init_args, **changes})
 
     # ----------------------------------------------------------------------------------- checks
-    def _check_options(self, k, w, mode, temperature, max_new_tokens):
+    def _check_options(self, k, w, mode, temperature):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.vocab:
@@ -102,8 +136,27 @@ class ARGSDecoder:
         if mode == "stochastic" and (not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
                                      or temperature <= 0):
             raise ValueError(f"temperature must be a finite number > 0 in stochastic mode, got {temperature!r}")
+
+    @staticmethod
+    def _check_max_new_tokens(max_new_tokens):
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+
+    @staticmethod
+    def _check_engine(engine, options: registry.Options):
+        if not isinstance(engine, Engine):
+            raise TypeError(f"engine must implement args_fast.backends.engine.Engine (k, w, temperature, eos_ids, "
+                            f"pad_id, prefill, step), got {type(engine).__name__}")
+        for name, want in vars(options).items():
+            got = getattr(engine, name)
+            if name == "temperature" and options.temperature is not None and got is not None:
+                same = float(got) == float(want)
+            else:
+                same = (list(got) if got else None) == want if name == "eos_ids" else got == want
+            if not same:
+                raise ValueError(f"engine.{name} is {got!r} but the decoder's is {want!r}; build the engine with "
+                                 "the decoder's options")
+        return engine
 
     def _classify_reward(self, reward_model, reward_tokenizer, tokenizer) -> str:
         if isinstance(reward_model, torch.nn.Module):
@@ -127,20 +180,6 @@ class ARGSDecoder:
             return "text"
         raise TypeError(f"reward_model must be a *ForSequenceClassification model or a callable, "
                         f"got {type(reward_model).__name__}")
-
-    def _auto_backend(self) -> str:
-        """The fastest backend that runs these models: on CUDA the compiled engine (cuda > triton >
-        native), else ``torch``; ``reference`` only where nothing faster applies (text rewards with
-        attention that takes no 4-D mask). On CPU ``torch`` wins: interpreted Triton is for testing."""
-        if self.reward_kind == "cached" and self.policy.device.type == "cuda":
-            for name in AUTO_CUDA_ORDER:
-                if native_engine_available(name, self.policy, self.reward_model)[0]:
-                    return name
-        return "torch" if self._maskable() else "reference"
-
-    def _maskable(self) -> bool:
-        models = [self.policy] + ([self.reward_model] if self.reward_kind == "cached" else [])
-        return all(hf.attn_implementation(m) in hf.MASKABLE_ATTENTION for m in models)
 
     def _check_inputs(self, input_ids, attention_mask, max_new_tokens):
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
@@ -166,7 +205,7 @@ class ARGSDecoder:
         ids = input_ids[mask]
         if bool((ids < 0).any()) or bool((ids >= self.vocab).any()):
             raise ValueError(f"input_ids must be token ids in [0, {self.vocab})")
-        self._check_options(self.k, self.w, self.mode, self.temperature, max_new_tokens)
+        self._check_max_new_tokens(max_new_tokens)
         need = int(lengths.max()) + max_new_tokens
         models = [("policy", self.policy)] + ([("reward_model", self.reward_model)] if self.reward_kind == "cached" else [])
         for name, model in models:
@@ -176,37 +215,8 @@ class ARGSDecoder:
                                  f"exceeds the {name}'s context of {limit} positions")
         return attention_mask
 
-    # ----------------------------------------------------------------------------------- engines
-    def _engine(self, max_new_tokens):
-        """The per-step ops of the chosen backend, behind the ``Engine`` contract (backends/engine.py)."""
-        if self.backend in NATIVE_BACKENDS:
-            # Kept between calls: its static caches (and CUDA graphs) are reused while B and the
-            # prompt length fit; a different max_new_tokens builds a new one.
-            engine = self._native_engines.get(max_new_tokens)
-            if engine is None:
-                engine = make_native_engine(self.backend, self.policy, self.reward_model, k=self.k, w=self.w,
-                                            temperature=self.temperature, eos_ids=self.eos_token_id,
-                                            pad_id=self._pad(), max_new_tokens=max_new_tokens)
-                self._native_engines = {max_new_tokens: engine}
-            return engine
-        if self.backend == "reference":
-            policy = ReferencePolicy(self.policy)
-        else:
-            policy = CachedPolicy(self.policy, max_new_tokens)
-        if self.reward_kind == "text":
-            fn = self.reward_model
-            if self.reward_tokenizer is not None:
-                fn = encoder_reward_fn(self.reward_model, self.reward_tokenizer)
-            reward = TextReward(fn, self.tokenizer, device=self.policy.device)
-        elif self.backend == "reference":
-            reward = ReferenceReward(self.reward_model)
-        else:
-            reward = CachedReward(self.reward_model, max_new_tokens, self.k)
-        return ComposedEngine(policy, reward, k=self.k, w=self.w, temperature=self.temperature,
-                              eos_ids=self.eos_token_id, pad_id=self._pad())
-
     def _pad(self) -> int:
-        return self.pad_token_id if self.pad_token_id is not None else 0
+        return self._pad_token_id if self._pad_token_id is not None else 0
 
     # ----------------------------------------------------------------------------------- the loop
     @torch.no_grad()
@@ -227,24 +237,25 @@ class ARGSDecoder:
         # steps only, so accelerators are not stalled each token; the output is cut at the first True.
         all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
         sync_every = 1 if device.type == "cpu" else 8
-        stops = bool(self.eos_token_id)
-
-        self.last_engine = engine = self._engine(max_new_tokens)
-        engine.prefill(input_ids, attention_mask)
-        for t in range(max_new_tokens):
-            uniforms = None
-            if self.mode == "stochastic":  # exactly one (B, k) draw per step, finished rows included
-                uniforms = torch.rand((batch, self.k), generator=generator,
-                                      device=generator.device if generator is not None else "cpu")
-            token, chosen_reward, finished = engine.step(uniforms, last=t == max_new_tokens - 1)
-            sequences[:, prompt_len + t] = token
-            rewards[:, t] = chosen_reward
-            if progress is not None:
-                progress(1)
-            if stops:
-                all_done[t] = finished.all()
-                if (t + 1) % sync_every == 0 and bool(all_done[t]):
-                    break
+        stops = bool(self._eos)
+        # uniforms are drawn on the generator's device: a CUDA generator means no host-to-device copy
+        u_device = generator.device if generator is not None else "cpu"
+        stochastic = self._mode == "stochastic"
+        with self._lock:
+            engine = self._engine
+            engine.prefill(input_ids, attention_mask, max_new_tokens)
+            for t in range(max_new_tokens):
+                # exactly one (B, k) draw per step, finished rows included
+                uniforms = torch.rand((batch, self._k), generator=generator, device=u_device) if stochastic else None
+                token, chosen_reward, finished = engine.step(uniforms, last=t == max_new_tokens - 1)
+                sequences[:, prompt_len + t] = token
+                rewards[:, t] = chosen_reward
+                if progress is not None:
+                    progress(1)
+                if stops:
+                    all_done[t] = finished.all()
+                    if (t + 1) % sync_every == 0 and bool(all_done[t]):
+                        break
         steps = max_new_tokens
         if stops and bool(all_done.any()):
             steps = int(all_done.int().argmax()) + 1
@@ -259,12 +270,10 @@ class ARGSDecoder:
             raise ValueError("tokenizer is required for generate_text")
         if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError("prompts must be a non-empty list of strings")
-        if self.reward_kind == "text" and self.tokenizer is None:
-            self.tokenizer = tokenizer
         input_ids, attention_mask = encode_prompts(tokenizer, prompts, chat_template=chat_template)
         out = self.generate(input_ids, attention_mask, max_new_tokens=max_new_tokens, generator=generator,
                             progress=progress)
-        return decode_continuations(tokenizer, out.sequences[:, input_ids.shape[1]:], self.eos_token_id)
+        return decode_continuations(tokenizer, out.sequences[:, input_ids.shape[1]:], self._eos)
 
 
 def encode_prompts(tokenizer, prompts: list[str], chat_template: bool = False):
@@ -283,23 +292,30 @@ def encode_prompts(tokenizer, prompts: list[str], chat_template: bool = False):
     return enc["input_ids"], enc["attention_mask"]
 
 
-def decode_continuations(tokenizer, generated: torch.Tensor, eos_ids) -> list[str]:
-    texts = []
+def cut_at_eos(generated: torch.Tensor, eos_ids) -> tuple[list[list[int]], list[list[int]]]:
+    """Per row of generated ids: the tokens before the first EOS, and ``[that EOS]`` (``[]`` for a row
+    that ran to the length limit, or when ``eos_ids`` is empty / None)."""
+    eos = set(eos_ids or ())
+    rows, stops = [], []
     for row in generated.tolist():
-        if eos_ids:
-            for i, tok in enumerate(row):
-                if tok in eos_ids:
-                    row = row[:i]
-                    break
-        texts.append(tokenizer.decode(row, skip_special_tokens=True))
-    return texts
+        cut = next((i for i, t in enumerate(row) if t in eos), None)
+        rows.append(row if cut is None else row[:cut])
+        stops.append([] if cut is None else [row[cut]])
+    return rows, stops
+
+
+def decode_continuations(tokenizer, generated: torch.Tensor, eos_ids) -> list[str]:
+    """The text of each row of generated ids, up to its first EOS."""
+    rows, _ = cut_at_eos(generated, eos_ids)
+    return [tokenizer.decode(row, skip_special_tokens=True) for row in rows]
 
 
 def generate(policy, reward_model, input_ids, attention_mask=None, *, k: int = 10, w: float = 1.0,
              mode: str = "greedy", temperature: float = 0.7, max_new_tokens: int = 128, eos_token_id=None,
              pad_token_id=None, generator: torch.Generator | None = None, backend: str = "auto",
              tokenizer=None, reward_tokenizer=None) -> GenerateOutput:
-    """ARGS decoding in one call; see :class:`ARGSDecoder` for the options."""
+    """ARGS decoding in one call; see :class:`ARGSDecoder` for the options (``backend`` one of
+    :data:`BACKENDS`; the names and what each runs are in ``args_fast/backends/registry.py``)."""
     decoder = ARGSDecoder(policy, reward_model, k=k, w=w, mode=mode, temperature=temperature,
                           max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
                           backend=backend, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)

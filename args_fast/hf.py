@@ -1,4 +1,4 @@
-"""What args_fast needs to know about Hugging Face models: score heads, context sizes, masks."""
+"""What args_fast needs to know about Hugging Face models: score heads, context sizes, mask formats."""
 from __future__ import annotations
 
 import torch
@@ -40,10 +40,6 @@ def context_length(config) -> int | None:
     return None
 
 
-def vocab_size(model) -> int:
-    return model.get_input_embeddings().num_embeddings
-
-
 def attn_implementation(model) -> str:
     return getattr(model.config, "_attn_implementation", None) or "eager"
 
@@ -55,21 +51,6 @@ def to_attention_mask(visible: torch.Tensor, model) -> torch.Tensor:
     dtype = next(model.parameters()).dtype
     bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
     return bias.masked_fill_(~visible, torch.finfo(dtype).min)
-
-
-def prefix_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """(B, 1, P, P) causal mask over a left-padded prompt; pad queries see themselves so nothing is nan."""
-    valid = attention_mask.bool()
-    p = valid.shape[1]
-    causal = torch.ones(p, p, dtype=torch.bool, device=valid.device).tril()
-    visible = causal[None] & valid[:, None, :]
-    visible |= torch.eye(p, dtype=torch.bool, device=valid.device)[None]
-    return visible[:, None]
-
-
-def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of each token counting only real tokens (what the row would have unpadded)."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
 
 
 def reward_of_hidden(reward_model, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,29 @@
-"""Torch reference implementations of the per-step ARGS ops.
+"""The torch reference of every per-step ARGS contract: the one definition each is tested against.
 
-These are the obviously-correct definitions that every backend shares or is tested against:
-the Triton kernels in ``args_fast/kernels`` and the compiled ops in ``csrc/`` each have a test
-holding them to the functions here.
+Each function here is the obviously-correct version of one contract. Fast implementations plug the
+same contract into the engine: the Triton kernels in ``args_fast/kernels`` (``candidate_attention``,
+``select_commit``), the csrc extension ops in ``args_fast/csrc_ops.py`` (``select_commit``,
+``topk_logits``) and SDPA (``candidate_attention`` with :func:`candidate_visibility` as its mask).
+Each has a test holding it to the function here on random inputs. The mask and position helpers at
+the end are shared by every model runner, so a left-padded row means the same thing everywhere.
+
+Contracts:
+
+* :func:`topk_logits`: the policy's k candidates per row.
+* :func:`select_candidates`: score = logit + w * reward, greedy or Gumbel-max choice, EOS bookkeeping.
+* :func:`commit_slots_`: the winner's K/V becomes the next prefix slot, every layer at once.
+* :func:`select_commit`: the fused step tail, ``select_candidates`` + ``commit_slots_`` in place.
+* :func:`candidate_attention`: k candidate queries over a shared prefix plus each one's own slot.
 """
 from __future__ import annotations
 
 import torch
+
+
+def topk_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest logits per row: ``(values float32 (B, k) descending, ids int64 (B, k))``."""
+    values, ids = logits.float().topk(k, dim=-1)
+    return values, ids
 
 
 def args_scores(top_logits: torch.Tensor, rewards: torch.Tensor, w: float) -> torch.Tensor:
@@ -69,6 +86,30 @@ def commit_slots_(k_cache: torch.Tensor, v_cache: torch.Tensor, prefix_end: torc
         cache.scatter_(3, dst, cache.gather(3, src))
 
 
+def select_commit(top_logits, top_ids, rewards, uniforms, w, temperature, finished, eos_ids, pad_id,
+                  k_cache, v_cache, prefix_end):
+    """The fused step tail: :func:`select_candidates` then :func:`commit_slots_`, with the in-place
+    effects of the fast versions: ``finished`` gains this step's EOS rows, the winner's K/V moves to
+    slot ``prefix_end`` in every layer of the ``(layers, B, Hkv, S, D)`` caches, and ``prefix_end``
+    advances by one. Returns ``(choice int64 (B,), token (B,), reward float32 (B,))``."""
+    choice, token, reward, new_finished = select_candidates(
+        top_logits, top_ids, rewards, w, uniforms, temperature, finished, eos_ids, pad_id)
+    finished.copy_(new_finished)
+    commit_slots_(k_cache, v_cache, prefix_end, choice)
+    prefix_end.add_(1)
+    return choice, token, reward
+
+
+def candidate_visibility(prefix_start: torch.Tensor, prefix_end: torch.Tensor, k: int, slots: int) -> torch.Tensor:
+    """``(B, k, slots)`` bool: candidate j of row b sees the row's prefix ``[prefix_start, prefix_end)``
+    and its own slot ``prefix_end + j``, nothing else. With k = 1 this is a plain decode step's mask."""
+    pos = torch.arange(slots, device=prefix_end.device)
+    start = prefix_start.long().view(-1, 1, 1)
+    end = prefix_end.long().view(-1, 1, 1)
+    j = torch.arange(k, device=prefix_end.device).view(1, k, 1)
+    return ((pos >= start) & (pos < end)) | (pos == end + j)
+
+
 def candidate_attention(
     q: torch.Tensor,            # (B, Hq, k, D) queries of the k candidates
     k_cache: torch.Tensor,      # (B, Hkv, S, D) one layer's keys: prefix, then the k candidate slots
@@ -86,10 +127,24 @@ def candidate_attention(
     keys = k_cache.float().repeat_interleave(group, dim=1)   # (B, Hq, S, D)
     values = v_cache.float().repeat_interleave(group, dim=1)
     att = torch.einsum("bhqd,bhsd->bhqs", q.float(), keys) * scale
-    pos = torch.arange(slots, device=q.device)
-    start = prefix_start.long().view(batch, 1, 1)
-    end = prefix_end.long().view(batch, 1, 1)
-    j = torch.arange(k, device=q.device).view(1, k, 1)
-    visible = ((pos >= start) & (pos < end)) | (pos == end + j)   # (B, k, S)
+    visible = candidate_visibility(prefix_start, prefix_end, k, slots)   # (B, k, S)
     att = att.masked_fill(~visible[:, None], float("-inf"))
     return torch.einsum("bhqs,bhsd->bhqd", att.softmax(-1), values).to(q.dtype)
+
+
+# ------------------------------------------------------------------------ left-padded prompts
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position id of each slot of a left-padded batch, counting real tokens only (what the row would
+    have unpadded); padding slots get 0 (their outputs are never used)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def prefix_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``(B, 1, P, P)`` bool causal mask over a left-padded prompt: real tokens see the real tokens
+    up to themselves; padding queries see only themselves, so no softmax row is empty (no NaN)."""
+    valid = attention_mask.bool()
+    p = valid.shape[1]
+    causal = torch.ones(p, p, dtype=torch.bool, device=valid.device).tril()
+    visible = causal[None] & valid[:, None, :]
+    visible |= torch.eye(p, dtype=torch.bool, device=valid.device)[None]
+    return visible[:, None]

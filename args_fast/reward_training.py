@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import math
 import os
@@ -35,8 +34,9 @@ import torch
 import torch.nn.functional as F
 
 from . import chitchat
-from .default_models import (DATA_DIR, POLICY_NAME, REWARD_META, REWARD_WEIGHTS, build_reward_model, cache_root,
-                             load_default_policy, policy_dir)
+from .ops import positions_from_mask
+from .default_models import (DATA_DIR, POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model,
+                             cache_root, load_default_policy, policy_dir)
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
 FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
@@ -106,7 +106,7 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
     for c0 in range(0, len(contexts), per_batch):
         ids, mask = encode_prompts(tokenizer, contexts[c0:c0 + per_batch], chat_template=True)
         # the prompt is run once per context, then its cache is shared by the context's `s` replies
-        out = model.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                           use_cache=True)
         cache = out.past_key_values
         cache.batch_repeat_interleave(s)
@@ -352,13 +352,6 @@ def _check_model_matches(weight, data, policy, tokenizer) -> float:
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
-
-
-def _version(dist):
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 # --------------------------------------------------------------------------------------- CLI

@@ -1,4 +1,4 @@
-"""CPU benchmark of the decoder core: `reference` vs `torch` vs the policy's own greedy `generate`.
+"""CPU benchmark of the decoder core: `reference` vs `hf` vs the policy's own greedy `generate`.
 
 Setting (issue 2): random-init Llama of ~25M parameters (policy and reward model of the same shape),
 float32, prompt 256 tokens, 16 new tokens, k = 10, w = 1.0, B = 1 and B = 4.
@@ -58,7 +58,7 @@ def _run(method, policy, reward, ids):
 
 
 @pytest.mark.parametrize("batch", [1, 4])
-@pytest.mark.parametrize("method", ["hf_greedy_generate", "torch", "reference"])
+@pytest.mark.parametrize("method", ["hf_greedy_generate", "hf", "reference"])
 def test_decoder(benchmark, models, method, batch):
     policy, reward = models
     ids = _prompt(batch)
@@ -92,12 +92,12 @@ def teardown_module(module):
         f"torch {torch.__version__}, transformers {transformers.__version__}, python {platform.python_version()}",
         f"- models: random-init Llama, {params / 1e6:.1f}M parameters each (policy and reward model), float32",
         f"- prompt {PROMPT} tokens, {NEW} new tokens, k = {K}, w = {W}; median over rounds "
-        "(5 for torch and HF generate, 1 for reference); whole generate call / new tokens",
+        "(5 for hf and HF generate, 1 for reference); whole generate call / new tokens",
         f"- command: `{COMMAND}`", "",
-        "| B | HF greedy generate ms/tok | torch ms/tok | reference ms/tok | reference / torch | torch / HF greedy |",
+        "| B | HF greedy generate ms/tok | hf ms/tok | reference ms/tok | reference / hf | hf / HF greedy |",
         "|---|---|---|---|---|---|"]
     for batch in (1, 4):
-        hf, fast, ref = (_rows[(m, batch)] for m in ("hf_greedy_generate", "torch", "reference"))
+        hf, fast, ref = (_rows[(m, batch)] for m in ("hf_greedy_generate", "hf", "reference"))
         lines.append(f"| {batch} | {hf:.1f} | {fast:.1f} | {ref:.1f} | {ref / fast:.1f}x | {fast / hf:.2f}x |")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "bench_decoder_cpu.md").write_text("\n".join(lines) + "\n")

@@ -9,9 +9,9 @@ policy and the reward model have the same shape (reward = *ForSequenceClassifica
 For every (model, batch B, prompt length P, k) it times, after one warm-up run:
 
 * ARGS, greedy mode, w = 1, through each backend's engine: ``reference`` (slow oracle; only on the
-  points of --reference-points, with --reference-tokens new tokens), ``torch`` (HF + slot cache),
-  ``native`` (native runners, torch ops, CUDA graph), ``triton`` and ``cuda`` (when they load);
-* the policy's plain greedy decode through the native engine with no reward model (``greedy``,
+  points of --reference-points, with --reference-tokens new tokens), ``hf`` (HF forwards + slot cache),
+  ``static`` (static runners, torch ops, CUDA graph), ``static-triton`` and ``static-csrc`` (when they load);
+* the policy's plain greedy decode through the static engine with no reward model (``greedy``,
   once per (B, P), best ops available) and Hugging Face ``generate`` (``hf-generate``, greedy).
 
 Reported per point: median ms per decode step (prefill excluded), generated tokens/s over the batch,
@@ -38,7 +38,7 @@ if "--dry-run-cpu" in sys.argv[1:]:   # Triton's interpreter must be chosen befo
 import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-ARGS_BACKENDS = ("reference", "torch", "native", "triton", "cuda")
+ARGS_BACKENDS = ("reference", "hf", "static", "static-triton", "static-csrc")
 BASELINES = ("greedy", "hf-generate")
 
 
@@ -176,13 +176,12 @@ def build_models(name, tiny, dtype, device, vocab_reward_labels=1):
 
 
 def args_engine(backend, policy, reward, *, k, max_new_tokens, batch, prompt):
-    """The engine the decoder would run for ``backend`` (greedy ARGS, w = 1, no EOS)."""
-    if backend in ("reference", "torch"):
-        dec = ARGSDecoder(policy, reward, k=k, w=1.0, mode="greedy", max_new_tokens=max_new_tokens,
-                          eos_token_id=[], pad_token_id=0, backend=backend)
-        return dec._engine(max_new_tokens)
-    return make_native_engine(backend, policy, reward, k=k, w=1.0, temperature=1.0, eos_ids=None, pad_id=0,
-                              max_new_tokens=max_new_tokens, batch_size=batch, max_prompt_len=prompt)
+    """The engine the decoder builds for ``backend`` (greedy ARGS, w = 1, no EOS), caches sized up front."""
+    engine = ARGSDecoder(policy, reward, k=k, w=1.0, mode="greedy", max_new_tokens=max_new_tokens,
+                         eos_token_id=[], pad_token_id=0, backend=backend).engine
+    if hasattr(engine, "allocate"):
+        engine.allocate(batch, prompt + max_new_tokens)
+    return engine
 
 
 @torch.no_grad()
@@ -193,7 +192,7 @@ def time_engine(engine, ids, mask, steps, repeats, device):
     def run():
         sync(device)
         t0 = time.perf_counter()
-        engine.prefill(ids, mask)
+        engine.prefill(ids, mask, steps)
         sync(device)
         t1 = time.perf_counter()
         for t in range(steps):
@@ -276,11 +275,12 @@ def git_commit():
 # ------------------------------------------------------------------------------------------ main
 def main(argv=None):
     args = parse_args(argv)
-    global ARGSDecoder, make_native_engine, native_engine_available
+    global ARGSDecoder, registry, build_static_engine
     if not args.dry_run_cpu and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: no CUDA device is visible (torch.cuda.is_available() is False); this benchmark "
                  "needs a GPU. Use --dry-run-cpu to check the script on tiny CPU shapes.")
-    from args_fast.backends.native_engine import make_native_engine, native_engine_available
+    from args_fast.backends import registry
+    from args_fast.backends.static_engine import build_static_engine
     from args_fast.decoder import ARGSDecoder
 
     device = torch.device("cpu" if args.dry_run_cpu else "cuda")
@@ -334,16 +334,19 @@ def main(argv=None):
                             row["note"] = "HF generate, DynamicCache; decode = generate(T + 1) - generate(1)"
                         else:
                             if backend == "greedy":
-                                best = next(b for b in ("cuda", "triton", "native")
-                                            if native_engine_available(b, policy, reward)[0])
-                                engine = make_native_engine(best, policy, None, k=1, w=0.0, temperature=1.0,
-                                                            eos_ids=None, pad_id=0, max_new_tokens=steps,
-                                                            batch_size=batch, max_prompt_len=prompt)
-                                row["note"] = f"policy only, native engine with {best} ops"
+                                models = registry.Models(policy, reward, "cached")
+                                options = registry.Options(k=1, w=0.0, temperature=1.0, eos_ids=None, pad_id=0)
+                                best = next(b for b in ("static-csrc", "static-triton", "static")
+                                            if registry.unavailable_reason(b, models, options) is None)
+                                engine = build_static_engine(best, policy, None, **vars(options))
+                                engine.allocate(batch, prompt + steps)
+                                row["note"] = f"policy only, static engine with the {best} ops"
                             else:
-                                if backend in ("native", "triton", "cuda"):
-                                    ok, reason = native_engine_available(backend, policy, reward)
-                                    if not ok:
+                                if backend.startswith("static"):
+                                    reason = registry.unavailable_reason(
+                                        backend, registry.Models(policy, reward, "cached"),
+                                        registry.Options(k=k, w=1.0, temperature=1.0, eos_ids=None, pad_id=0))
+                                    if reason is not None:
                                         row["note"] = f"skipped: {reason}"
                                         rows.append(row)
                                         print(f"{name} {backend} B={batch} P={prompt} k={k}: skipped ({reason})",
@@ -384,7 +387,7 @@ def main(argv=None):
                 for r in rows:
                     if r["model"] == name and r["batch"] == batch and r["prompt"] == prompt and r.get("ms_per_step"):
                         base = next((t for t in rows if t["model"] == name and t["batch"] == batch
-                                     and t["prompt"] == prompt and t["k"] == r["k"] and t["backend"] == "torch"
+                                     and t["prompt"] == prompt and t["k"] == r["k"] and t["backend"] == "hf"
                                      and t.get("ms_per_step")), None)
                         if base is not None and r["k"] is not None:
                             r["speedup_vs_torch"] = base["ms_per_step"] / r["ms_per_step"]

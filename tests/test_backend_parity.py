@@ -30,12 +30,12 @@ def test_torch_matches_reference(family, k, mode):
     for w in (0.0, 0.5, 2.5):
         kw = dict(k=k, w=w, mode=mode, temperature=0.7, max_new_tokens=10, eos_token_id=None)
         assert_same(run(policy, reward, ids, mask, "reference", seed, **kw),
-                    run(policy, reward, ids, mask, "torch", seed, **kw))
+                    run(policy, reward, ids, mask, "hf", seed, **kw))
 
 
 def _eos_with_staggered_stops(policy, reward, ids, mask, **kw):
     """A token that the unbounded run emits at different first steps in different rows."""
-    free = run(policy, reward, ids, mask, "torch", **kw).sequences[:, ids.shape[1]:]
+    free = run(policy, reward, ids, mask, "hf", **kw).sequences[:, ids.shape[1]:]
     best, best_spread = None, 0
     for token in free.unique().tolist():
         first = [(row == token).nonzero()[0].item() if (row == token).any() else None for row in free]
@@ -55,7 +55,7 @@ def test_rows_stop_at_eos_independently(family, mode):
     assert spread >= 2, "test setup: need rows that stop at different steps"
     kw.update(eos_token_id=eos, pad_token_id=0)
     ref = run(policy, reward, ids, mask, "reference", **kw)
-    fast = run(policy, reward, ids, mask, "torch", **kw)
+    fast = run(policy, reward, ids, mask, "hf", **kw)
     assert_same(ref, fast)
     gen = fast.sequences[:, ids.shape[1]:]
     for row, rewards in zip(gen, fast.rewards):
@@ -71,10 +71,10 @@ def test_batch_rows_equal_running_alone(family):
     policy, reward = make_policy(family, 7), make_reward(family, 8)
     ids, mask = padded_prompts([6, 2, 11], seed=9)
     kw = dict(k=5, w=1.0, max_new_tokens=8, eos_token_id=None)
-    batched = run(policy, reward, ids, mask, "torch", **kw)
+    batched = run(policy, reward, ids, mask, "hf", **kw)
     for b in range(ids.shape[0]):
         alone_ids = ids[b, mask[b].bool()][None]
-        alone = run(policy, reward, alone_ids, None, "torch", **kw)
+        alone = run(policy, reward, alone_ids, None, "hf", **kw)
         assert torch.equal(alone.sequences[0, alone_ids.shape[1]:], batched.sequences[b, ids.shape[1]:])
         torch.testing.assert_close(alone.rewards[0], batched.rewards[b], rtol=0, atol=1e-4)
 
@@ -84,7 +84,7 @@ def test_attention_implementations(attn):
     policy, reward = make_policy("llama", 11, attn=attn), make_reward("llama", 12, attn=attn)
     ids, mask = padded_prompts([4, 8], seed=13)
     kw = dict(k=4, w=2.0, mode="stochastic", max_new_tokens=6, eos_token_id=None)
-    assert_same(run(policy, reward, ids, mask, "reference", **kw), run(policy, reward, ids, mask, "torch", **kw))
+    assert_same(run(policy, reward, ids, mask, "reference", **kw), run(policy, reward, ids, mask, "hf", **kw))
 
 
 def test_reference_reward_is_sequence_classification_score():
@@ -94,7 +94,7 @@ def test_reference_reward_is_sequence_classification_score():
     ids, mask = padded_prompts([5], seed=22)
     cands = torch.tensor([[7, 8, 9]])
     ref = ReferenceReward(reward)
-    ref.prefill(ids, mask)
+    ref.prefill(ids, mask, 0)
     got = ref.score(cands)
     for j in range(3):
         seq = torch.cat([ids[0], cands[0, j:j + 1]])[None]

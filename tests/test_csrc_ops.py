@@ -1,18 +1,22 @@
-"""The compiled ops of csrc/ (args_fast.compiled) against the torch references in args_fast.ops.
+"""The C++/CUDA ops of csrc/ (args_fast.csrc_ops) against the torch references in args_fast.ops.
 
 CPU always (when the extension is built); the same tests run on CUDA when the extension has its CUDA
-kernels and a GPU is present.
+kernels and a GPU is present. Every comparison is exact. The random trials draw from
+``tiny_models.seeds`` (fixed by default; ``ARGS_FAST_TEST_SEED=<int>`` or ``=random`` for fresh
+ones); the seed is in their failure messages. Unlike the Triton kernels, the bindings validate every
+argument on each call, so the bad-input tests here expect errors naming the argument.
 """
 import pytest
 import torch
 
-from args_fast import compiled
-from args_fast.ops import commit_slots_, select_candidates
+from args_fast import csrc_ops
+from args_fast.ops import select_commit as select_commit_reference
+from tiny_models import seeds
 
-pytestmark = pytest.mark.skipif(not compiled.available(), reason=compiled.unavailable_reason())
+pytestmark = pytest.mark.skipif(not csrc_ops.available(), reason=csrc_ops.unavailable_reason())
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not (torch.cuda.is_available() and compiled.cuda_available()), reason="no GPU or extension built without CUDA"))]
+    not (torch.cuda.is_available() and csrc_ops.cuda_available()), reason="no GPU or extension built without CUDA"))]
 
 
 def make_step(gen, device, *, B, k, L, H, S, D, cache_dtype, logit_dtype=torch.float32, stochastic, eos, Dv=None):
@@ -43,36 +47,33 @@ def clone(step):
 
 
 def reference(s):
-    """select_candidates + commit_slots_ + prefix_end += 1, on a copy; returns (outputs, mutated state)."""
+    """args_fast.ops.select_commit (select_candidates + commit_slots_ + prefix_end += 1) on a copy;
+    returns (outputs, mutated state)."""
     s = clone(s)
-    choice, token, reward, finished = select_candidates(
-        s["top_logits"], s["top_ids"], s["rewards"], s["w"], s["uniforms"], s["temperature"], s["finished"],
-        s["eos_ids"], s["pad_id"])
-    commit_slots_(s["k_cache"], s["v_cache"], s["prefix_end"], choice)
-    s["prefix_end"] += 1
-    s["finished"] = finished
-    return (choice, token, reward), s
+    out = select_commit_reference(**s)
+    return out, s
 
 
 def run_ours(s):
     s = clone(s)
-    out = compiled.select_commit(**s)
+    out = csrc_ops.select_commit(**s)
     return out, s
 
 
-def assert_step_matches(step):
+def assert_step_matches(step, what=""):
     (rc, rt, rr), ref = reference(step)
     (c, t, r), got = run_ours(step)
-    assert torch.equal(c, rc) and torch.equal(t, rt)
-    torch.testing.assert_close(r, rr, rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(c, rc) and torch.equal(t, rt), what
+    torch.testing.assert_close(r, rr, rtol=0, atol=0, equal_nan=True, msg=lambda m: f"{what}: {m}")
     for name in ("finished", "prefix_end", "k_cache", "v_cache"):  # whole tensors: nothing else touched
-        assert torch.equal(got[name], ref[name]), name
+        assert torch.equal(got[name], ref[name]), f"{what}: {name}"
 
 
+@pytest.mark.parametrize("seed", seeds(1))
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stochastic", [False, True])
-def test_select_commit_matches_reference(device, stochastic):
-    gen = torch.Generator().manual_seed(1234 + stochastic)
+def test_select_commit_matches_reference(seed, device, stochastic):
+    gen = torch.Generator().manual_seed(seed)
     for trial in range(24):
         r = lambda lo, hi: int(torch.randint(lo, hi + 1, (1,), generator=gen))  # noqa: E731
         k = r(1, 64)
@@ -80,13 +81,14 @@ def test_select_commit_matches_reference(device, stochastic):
                          D=[64, 128][trial % 2], cache_dtype=[torch.float32, torch.bfloat16][(trial // 2) % 2],
                          logit_dtype=[torch.float32, torch.bfloat16, torch.float16][trial % 3],
                          stochastic=stochastic, eos=[0, 1, 3][trial % 3])
-        assert_step_matches(step)
+        assert_step_matches(step, f"seed {seed}, trial {trial}")
 
 
+@pytest.mark.parametrize("seed", seeds(2))
 @pytest.mark.parametrize("device", DEVICES)
-def test_select_commit_moves_exactly_the_winner(device):
+def test_select_commit_moves_exactly_the_winner(seed, device):
     """Independent of the reference: only slot prefix_end[b] changes, and it gets slot prefix_end[b]+choice[b]."""
-    gen = torch.Generator().manual_seed(7)
+    gen = torch.Generator().manual_seed(seed)
     step = make_step(gen, device, B=5, k=6, L=3, H=2, S=40, D=64, cache_dtype=torch.float32, stochastic=True, eos=0)
     before = clone(step)
     (choice, _, _), after = run_ours(step)
@@ -95,29 +97,30 @@ def test_select_commit_moves_exactly_the_winner(device):
         for b in range(5):
             p, c = int(before["prefix_end"][b]), int(choice[b])
             want[:, b, :, p] = before[name][:, b, :, p + c]
-        assert torch.equal(after[name], want)
-    assert torch.equal(after["prefix_end"], before["prefix_end"] + 1)
+        assert torch.equal(after[name], want), f"seed {seed}: {name}"
+    assert torch.equal(after["prefix_end"], before["prefix_end"] + 1), f"seed {seed}"
 
 
+@pytest.mark.parametrize("seed", seeds(2))
 @pytest.mark.parametrize("device", DEVICES)
-def test_select_commit_strided_caches_and_value_dim(device):
+def test_select_commit_strided_caches_and_value_dim(seed, device):
     """Caches that are views (padded head dim, sliced slots) and a v_cache with its own D."""
-    gen = torch.Generator().manual_seed(11)
+    gen = torch.Generator().manual_seed(seed)
     step = make_step(gen, device, B=4, k=5, L=2, H=3, S=30, D=64, Dv=96, cache_dtype=torch.bfloat16,
                      stochastic=False, eos=2)
     big = torch.randn(2, 4, 3, 50, 80, generator=gen).to(device, torch.bfloat16)
     step["k_cache"] = big[:, :, :, 10:40, :64]  # strides of the big tensor, last dim contiguous
     before, big_before = clone(step), big.clone()
-    choice, _, _ = compiled.select_commit(**step)  # in place, on the view itself
+    choice, _, _ = csrc_ops.select_commit(**step)  # in place, on the view itself
     for name in ("k_cache", "v_cache"):
         want = before[name].clone()
         for b in range(4):
             p, c = int(before["prefix_end"][b]), int(choice[b])
             want[:, b, :, p] = before[name][:, b, :, p + c]
-        assert torch.equal(step[name], want)
+        assert torch.equal(step[name], want), f"seed {seed}: {name}"
     big[:, :, :, 10:40, :64] = 0  # the rest of `big` must not change
     big_before[:, :, :, 10:40, :64] = 0
-    assert torch.equal(big, big_before)
+    assert torch.equal(big, big_before), f"seed {seed}"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -158,7 +161,7 @@ def test_select_commit_bad_inputs_raise_naming_the_argument():
         step.update(change)
         before = clone(step)
         with pytest.raises(exc, match=match):
-            compiled.select_commit(**step)
+            csrc_ops.select_commit(**step)
         for name in ("finished", "prefix_end", "k_cache", "v_cache"):  # rejected before any write
             assert torch.equal(step[name], before[name])
 
@@ -169,56 +172,60 @@ def stable_topk(x, k):
     return values[:, :k], indices[:, :k]
 
 
+@pytest.mark.parametrize("seed", seeds(1))
 @pytest.mark.parametrize("device", DEVICES)
-def test_topk_matches_torch_topk_without_ties(device):
-    gen = torch.Generator().manual_seed(99)
+def test_topk_matches_torch_topk_without_ties(seed, device):
+    gen = torch.Generator().manual_seed(seed)
     for trial in range(30):
         B = int(torch.randint(1, 10, (1,), generator=gen))
         V = int(torch.randint(1, 50_001, (1,), generator=gen)) | 1  # odd sizes
-        k = int(torch.randint(1, min(64, V) + 1, (1,), generator=gen))
+        k = int(torch.randint(1, min(csrc_ops.topk_max_k(), V) + 1, (1,), generator=gen))
         # distinct values: a permutation of 0..V-1, shifted and scaled exactly in fp32
         x = torch.stack([torch.randperm(V, generator=gen) for _ in range(B)]).float().sub_(V / 2).div_(8)
         x = x.to(device)
-        values, indices = compiled.topk_logits(x, k)
+        values, indices = csrc_ops.topk_logits(x, k)
         ref_values, ref_indices = torch.topk(x, k)
         assert values.dtype == torch.float32 and indices.dtype == torch.int64
-        assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices), (B, V, k)
+        assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices), (seed, B, V, k)
 
 
+@pytest.mark.parametrize("seed", seeds(1))
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.float64])
-def test_topk_ties_go_to_the_lower_index(device, dtype):
-    gen = torch.Generator().manual_seed(42)
+def test_topk_ties_go_to_the_lower_index(seed, device, dtype):
+    gen = torch.Generator().manual_seed(seed)
     for V, k in [(64, 64), (1001, 17), (9000, 64), (50_001, 33), (300_001, 64)]:
         x = torch.randint(-6, 6, (3, V), generator=gen).to(dtype) / 4  # heavy ties
         x[1] = torch.randn(V, generator=gen).to(dtype)  # bf16/fp16 rounding: ties of the low precision kind
         x = x.to(device)
-        values, indices = compiled.topk_logits(x, k)
+        values, indices = csrc_ops.topk_logits(x, k)
         ref_values, ref_indices = stable_topk(x, k)
-        assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices), (V, k)
+        assert torch.equal(values, ref_values) and torch.equal(indices, ref_indices), (seed, V, k)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_topk_special_values_and_views(device):
     x = torch.tensor([[0.0, -0.0, float("nan"), 1.0, float("inf"), -float("inf"), float("nan"), 1.0]], device=device)
-    values, indices = compiled.topk_logits(x, 8)
+    values, indices = csrc_ops.topk_logits(x, 8)
     assert indices.tolist() == [[2, 6, 4, 3, 7, 0, 1, 5]]  # NaN above inf, -0 == +0, lower index first
     assert torch.equal(values.isnan(), torch.tensor([[True, True] + [False] * 6], device=device))
     gen = torch.Generator().manual_seed(0)
     seq = torch.randn(3, 5, 7001, generator=gen).to(device)
     for view in (seq[:, -1], seq[:, 2, ::2]):  # row-strided and column-strided
-        assert all(torch.equal(a, b) for a, b in zip(compiled.topk_logits(view, 40), stable_topk(view, 40)))
+        assert all(torch.equal(a, b) for a, b in zip(csrc_ops.topk_logits(view, 40), stable_topk(view, 40)))
 
 
-def test_topk_bad_inputs():
+def test_topk_max_k_and_bad_inputs():
+    kmax = csrc_ops.topk_max_k()   # csrc/kernels.h kTopkMaxK: the largest k taken, and no larger
+    assert kmax >= 1 and csrc_ops.topk_logits(torch.randn(2, kmax + 36), kmax)[1].shape == (2, kmax)
     x = torch.randn(2, 30)
-    for exc, match, args in [(ValueError, "k must be in \\[1, min\\(64, V\\)\\] = \\[1, 30\\]", (x, 31)),
-                             (ValueError, "k must be", (torch.randn(2, 100), 65)),
+    for exc, match, args in [(ValueError, f"k must be in \\[1, min\\({kmax}, V\\)\\] = \\[1, 30\\]", (x, 31)),
+                             (ValueError, "k must be", (torch.randn(2, kmax + 36), kmax + 1)),
                              (ValueError, "k must be", (x, 0)),
                              (ValueError, "logits must have shape", (x[0], 3)),
                              (TypeError, "logits must be float32", (x.long(), 3))]:
         with pytest.raises(exc, match=match):
-            compiled.topk_logits(*args)
+            csrc_ops.topk_logits(*args)
 
 
 def test_ops_pass_opcheck():
@@ -255,7 +262,7 @@ def test_decode_step_compiles_whole():
         assert torch.equal(state[name], eager_state[name]), name
 
 
-@pytest.mark.skipif(not (torch.cuda.is_available() and compiled.cuda_available()), reason="needs a GPU")
+@pytest.mark.skipif(not (torch.cuda.is_available() and csrc_ops.cuda_available()), reason="needs a GPU")
 def test_cuda_graph_replays_the_step():
     gen = torch.Generator().manual_seed(31)
     step = make_step(gen, "cuda", B=4, k=8, L=2, H=2, S=64, D=128, cache_dtype=torch.bfloat16, stochastic=True, eos=2)
@@ -264,11 +271,11 @@ def test_cuda_graph_replays_the_step():
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        out = compiled.select_commit(**static)
+        out = csrc_ops.select_commit(**static)
     ref = clone(step)
     for _ in range(3):  # each replay advances prefix_end by one, like eager calls
         graph.replay()
-        want = compiled.select_commit(**ref)
+        want = csrc_ops.select_commit(**ref)
         torch.cuda.synchronize()
         for a, b in zip(out, want):
             torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)

@@ -141,10 +141,10 @@ def test_default_reward_shares_the_policy_vocab(policy):
     reward = dm.load_default_reward()
     assert reward.config.num_labels == 1 and hf.is_scalar_reward_model(reward)
     assert reward.config.pad_token_id == tok.pad_token_id
-    assert hf.vocab_size(reward) == hf.vocab_size(model) == len(tok)
+    assert reward.get_input_embeddings().num_embeddings == model.get_input_embeddings().num_embeddings == len(tok)
     torch.testing.assert_close(reward.score.weight, load_file(str(dm.REWARD_WEIGHTS))["score.weight"])
     torch.testing.assert_close(reward.model.embed_tokens.weight, model.model.embed_tokens.weight)
-    assert ARGSDecoder(model, reward, tokenizer=tok).backend == "torch"   # the prefix-cached path
+    assert ARGSDecoder(model, reward, tokenizer=tok).backend == "hf"   # the prefix-cached path
     assert dm.reward_metadata()["backbone"] == dm.POLICY_NAME
 
 

@@ -7,7 +7,7 @@ from tiny_models import EOS, FAMILIES, PAD, make_policy, make_reward, padded_pro
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "hf"])
 @pytest.mark.parametrize("k,w", [(10, 0.0), (1, 3.0), (1, 0.0)])
 def test_matches_hf_greedy(family, backend, k, w):
     policy, reward = make_policy(family, 31), make_reward(family, 32)

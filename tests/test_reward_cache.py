@@ -1,4 +1,4 @@
-"""The torch backend keeps each row's prefix once in the reward cache and calls the reward model once per step."""
+"""The hf backend keeps each row's prefix once in the reward cache and calls the reward model once per step."""
 import pytest
 import torch
 
@@ -14,7 +14,7 @@ def test_prefix_once_and_one_call_per_step(family, k):
     calls = []
     hook = reward.base_model.register_forward_hook(lambda mod, args, kwargs_out: calls.append(1))
     decoder = args_fast.ARGSDecoder(policy, reward, k=k, w=1.0, max_new_tokens=10, eos_token_id=None,
-                                    backend="torch")
+                                    backend="hf")
     try:
         out = decoder.generate(ids, mask)
     finally:
@@ -23,7 +23,7 @@ def test_prefix_once_and_one_call_per_step(family, k):
     assert steps == 10
     # one prefill call, then exactly one candidate call per generated token
     assert len(calls) == 1 + steps
-    cache = decoder.last_engine.reward.cache
+    cache = decoder.engine.reward.cache.storage
     layers = reward.config.num_hidden_layers
     batch, prompt = ids.shape
     assert cache.keys.shape[:4] == (layers, batch, cache.keys.shape[2], prompt + 10 + k)
@@ -32,14 +32,14 @@ def test_prefix_once_and_one_call_per_step(family, k):
     assert cache.nbytes() == 2 * layers * batch * heads * (prompt + 10 + k) * dim * cache.keys.element_size()
     # the cache holds exactly the prefix the winner-only commits built: equal to re-encoding the final text
     seq, m = out.sequences[:, :-1], torch.cat([mask, torch.ones(batch, steps - 1, dtype=torch.long)], 1)
-    from args_fast.backends.hf_cached import CachedReward
-    fresh = CachedReward(reward, 0, 0)
-    fresh.prefill(seq, m)
+    from args_fast.backends.hf_runners import HFRewardRunner
+    fresh = HFRewardRunner(reward, 0)
+    fresh.prefill(seq, m, 0)
     n = seq.shape[1]
     real = m.bool()[:, None, :, None].expand(-1, heads, -1, dim)
     for layer in range(layers):
         got = cache.keys[layer, :, :, :n]
-        want = fresh.cache.keys[layer, :, :, :n]
+        want = fresh.cache.storage.keys[layer, :, :, :n]
         torch.testing.assert_close(got[real.expand_as(got)], want[real.expand_as(want)], rtol=0, atol=1e-5)
 
 
@@ -49,15 +49,15 @@ def test_slot_cache_is_freed_without_the_cyclic_gc():
     import gc
     import weakref
 
-    from args_fast.cache import SlotKVCache
+    from args_fast.kv_cache import HFSlotCache
 
     gc.collect()
     gc.disable()
     try:
-        cache = SlotKVCache(num_layers=2, batch_size=1, max_slots=8)
+        cache = HFSlotCache(num_layers=2, batch_size=1, max_slots=8)
         cache.layers[1].update(torch.ones(1, 2, 3, 4), torch.ones(1, 2, 3, 4))
         assert cache.get_seq_length() == 0 and cache.layers[1].get_max_length() == 8
-        keys = weakref.ref(cache.keys)
+        keys = weakref.ref(cache.storage.keys)
         del cache
         assert keys() is None
     finally:

@@ -12,10 +12,10 @@ K, W, T = 6, 0.2, 0.7
 
 
 def _expected(policy, reward, ids, temperature):
-    logits = ReferencePolicy(policy).prefill(ids, torch.ones_like(ids))
+    logits = ReferencePolicy(policy).prefill(ids, torch.ones_like(ids), 1)
     top_logits, top_ids = logits.topk(K)
     ref = ReferenceReward(reward)
-    ref.prefill(ids, torch.ones_like(ids))
+    ref.prefill(ids, torch.ones_like(ids), 1)
     probs = (args_scores(top_logits, ref.score(top_ids), W) / temperature).softmax(-1)[0]
     return top_ids[0], probs
 
@@ -45,15 +45,15 @@ def _chi2_pvalue(draws, top_ids, probs):
     return chi2.sf(stat, df=len(observed) - 1)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["hf", "reference"])
 def test_choice_frequencies_match_softmax(backend):
     policy, reward = make_policy("llama", 51), make_reward("llama", 52)
     ids, _ = padded_prompts([5], seed=53)
     top_ids, probs = _expected(policy, reward, ids, T)
     assert probs.max() < 0.9, "test setup: the distribution must not be degenerate"
-    draws = _counts(policy, reward, ids, backend, rows=500 if backend == "torch" else 100)
+    draws = _counts(policy, reward, ids, backend, rows=500 if backend == "hf" else 100)
     assert _chi2_pvalue(draws, top_ids, probs) > 1e-3
     # The test has power: the same draws clearly reject a different temperature.
     _, wrong = _expected(policy, reward, ids, 3 * T)
-    if backend == "torch":
+    if backend == "hf":
         assert _chi2_pvalue(draws, top_ids, wrong) < 1e-6

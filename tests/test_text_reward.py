@@ -30,7 +30,7 @@ def literal_text_args(policy, tokenizer, reward_fn, ids, mask, k, w, steps):
     return torch.tensor(outs)
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
+@pytest.mark.parametrize("backend", ["reference", "hf"])
 def test_callable_reward_matches_literal_loop(backend):
     policy, tok = make_policy("llama", 81), make_tokenizer()
     ids, mask = padded_prompts([5, 8], seed=82)

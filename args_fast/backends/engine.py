@@ -1,39 +1,83 @@
-"""The engine contract the decoding loop drives, and the engine built from separate runners.
+"""The engine contract the decoding loop drives, the runner roles engines are built from, and the
+engine composed of separate runners.
 
-An engine owns all per-request state (caches, finished flags) and exposes two calls:
+Shapes: B rows (left-padded prompts of width P), k candidates per row, V the policy's vocabulary.
+Token ids are int64; logits, rewards and uniforms float32; masks 0/1 int64; all on the policy's
+device unless a runner says otherwise (a reward runner may live on another device: its ``score``
+output is moved to the policy's).
 
-* ``prefill(input_ids, attention_mask)``: left-padded prompts in.
-* ``step(uniforms, last) -> (tokens (B,), chosen_rewards (B,), finished (B,) bool)``: one ARGS step:
-  policy top-k, reward of every candidate, select (greedy if ``uniforms`` is None, else Gumbel-max
-  on them), and, unless ``last``, commit the chosen token to both models' contexts.
-
-``ComposedEngine`` builds a step from a policy runner, a reward runner and the select op (reference,
-torch and text backends). Compiled backends provide their own engine whose step can be one fused,
-graph-captured call; the loop does not change.
+An engine owns all per-request state (caches, finished flags) and is reused across requests: a
+prefill that needs more room than its caches have reallocates them.
 """
 from __future__ import annotations
 
+from typing import Protocol, runtime_checkable
+
 import torch
 
-from ..ops import select_candidates
+from ..ops import select_candidates, topk_logits
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What :class:`args_fast.ARGSDecoder` drives. ``k``, ``w``, ``temperature``, ``eos_ids`` and
+    ``pad_id`` are the options it was built with (the decoder checks them against its own)."""
+
+    k: int
+    w: float
+    temperature: float
+    eos_ids: list[int] | None
+    pad_id: int
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
+        """Left-padded prompts ``(B, P)`` in; caches sized for ``P + max_new_tokens`` (+ k slots)."""
+
+    def step(self, uniforms: torch.Tensor | None, last: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One ARGS step: policy top-k, reward of every candidate, select (greedy if ``uniforms`` is
+        None, else Gumbel-max on the ``(B, k)`` uniforms) and, unless ``last``, commit the chosen token
+        to both models' contexts. Returns ``(tokens int64 (B,), chosen_rewards float32 (B,), finished
+        bool (B,))``; an engine may return its own static buffers, valid until the next step."""
+
+
+class PolicyRunner(Protocol):
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> torch.Tensor:
+        """-> the next-token logits ``(B, V)`` float32 of each row."""
+
+    def step(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Append ``tokens (B,)``, one per row -> the next logits ``(B, V)`` float32."""
+
+
+class RewardRunner(Protocol):
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
+        """Left-padded prompts ``(B, P)`` in."""
+
+    def score(self, candidate_ids: torch.Tensor) -> torch.Tensor:
+        """``(B, k)`` int64 candidates -> ``(B, k)`` float32: the reward of context + candidate."""
+
+    def commit(self, choice: torch.Tensor, tokens: torch.Tensor) -> None:
+        """Candidate ``choice[b]`` (token ``tokens[b]``) joins row b's context."""
 
 
 class ComposedEngine:
-    def __init__(self, policy, reward, *, k: int, w: float, temperature: float, eos_ids, pad_id: int,
-                 select=select_candidates):
-        self.policy, self.reward, self.select = policy, reward, select
+    """An :class:`Engine` from a policy runner, a reward runner and the select op (the reference,
+    hf and text-reward backends). ``topk`` and ``select`` default to the torch references."""
+
+    def __init__(self, policy: PolicyRunner, reward: RewardRunner, *, k: int, w: float, temperature: float,
+                 eos_ids, pad_id: int, topk=topk_logits, select=select_candidates):
+        self.policy, self.reward, self.topk, self.select = policy, reward, topk, select
         self.k, self.w, self.temperature, self.pad_id = k, w, temperature, pad_id
         self.eos_ids = eos_ids
 
-    def prefill(self, input_ids, attention_mask):
-        self.logits = self.policy.prefill(input_ids, attention_mask)
-        self.reward.prefill(input_ids, attention_mask)
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
+        self.logits = self.policy.prefill(input_ids, attention_mask, max_new_tokens)
+        self.reward.prefill(input_ids, attention_mask, max_new_tokens)
         device = self.logits.device
         self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
         self.eos = torch.tensor(self.eos_ids, device=device) if self.eos_ids else None
 
     def step(self, uniforms, last: bool = False):
-        top_logits, top_ids = self.logits.topk(self.k, dim=-1)
+        top_logits, top_ids = self.topk(self.logits, self.k)
         rewards = self.reward.score(top_ids).to(top_logits.device)
         choice, token, chosen_reward, self.finished = self.select(
             top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)

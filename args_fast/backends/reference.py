@@ -22,7 +22,7 @@ class ReferencePolicy:
         self.device = policy.device
 
     @torch.no_grad()
-    def prefill(self, input_ids, attention_mask):
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
         self.caches, logits = [], []
         for row in _rows(input_ids.to(self.device), attention_mask.to(self.device)):
             out = self.model(input_ids=row[None], use_cache=True)
@@ -49,7 +49,7 @@ class ReferenceReward:
         self.device = reward_model.device
         self.forward_calls = 0
 
-    def prefill(self, input_ids, attention_mask):
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
         self.contexts = _rows(input_ids.to(self.device), attention_mask.to(self.device))
 
     @torch.no_grad()

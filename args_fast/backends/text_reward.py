@@ -16,7 +16,7 @@ class TextReward:
         self.reward_fn, self.tokenizer, self.device = reward_fn, tokenizer, torch.device(device)
         self.forward_calls = 0
 
-    def prefill(self, input_ids, attention_mask):
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
         rows = [ids[m.bool()].tolist() for ids, m in zip(input_ids.cpu(), attention_mask.cpu())]
         self.prompts = self.tokenizer.batch_decode(rows, skip_special_tokens=True)
         self.responses: list[list[int]] = [[] for _ in rows]

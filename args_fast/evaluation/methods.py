@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig
 
-from ..decoder import ARGSDecoder
+from ..decoder import ARGSDecoder, cut_at_eos
 
 METHODS = ("greedy", "top-k", "nucleus", "contrastive", "args-greedy", "args-stochastic")
 
@@ -51,16 +51,6 @@ def make_methods(names, *, k: int, w: float, temperature: float, top_k: int = 40
     return [Method(n, options[n]) for n in names]
 
 
-def _cut_at_eos(generated: torch.Tensor, eos_ids: list[int]) -> tuple[list[list[int]], list[list[int]]]:
-    """Per row: the tokens before the first EOS, and ``[that EOS]`` (``[]`` for a row cut by the length limit)."""
-    rows, stops = [], []
-    for row in generated.tolist():
-        cut = next((i for i, t in enumerate(row) if t in eos_ids), None)
-        rows.append(row if cut is None else row[:cut])
-        stops.append([] if cut is None else [row[cut]])
-    return rows, stops
-
-
 @torch.no_grad()
 def run_batch(method: Method, policy, reward_model, tokenizer, input_ids, attention_mask, *, max_new_tokens: int,
               eos_ids: list[int], pad_id: int, generator: torch.Generator, backend: str = "auto"):
@@ -71,7 +61,7 @@ def run_batch(method: Method, policy, reward_model, tokenizer, input_ids, attent
                               temperature=method.options.get("temperature", 0.7), max_new_tokens=max_new_tokens,
                               eos_token_id=eos_ids, pad_token_id=pad_id, backend=backend, tokenizer=tokenizer)
         out = decoder.generate(input_ids, attention_mask, generator=generator)
-        return _cut_at_eos(out.sequences[:, input_ids.shape[1]:], eos_ids)
+        return cut_at_eos(out.sequences[:, input_ids.shape[1]:], eos_ids)
     if method.name == "contrastive":
         reason = contrastive_unavailable()
         if reason:
@@ -91,4 +81,4 @@ def run_batch(method: Method, policy, reward_model, tokenizer, input_ids, attent
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
     out = policy.generate(input_ids=input_ids.to(policy.device), attention_mask=attention_mask.to(policy.device),
                           generation_config=config)
-    return _cut_at_eos(out[:, input_ids.shape[1]:].cpu(), eos_ids)
+    return cut_at_eos(out[:, input_ids.shape[1]:].cpu(), eos_ids)

@@ -28,6 +28,9 @@ from typing import Sequence
 
 import torch
 
+from ..hf import reward_of_hidden
+from ..ops import positions_from_mask
+
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 
@@ -141,10 +144,9 @@ def score_sequences(reward_model, sequences: Sequence[Sequence[int]], pad_id: in
         for row, s in enumerate(chunk):
             ids[row, width - len(s):] = torch.tensor(s)
             mask[row, width - len(s):] = 1
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = reward_model.base_model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                         position_ids=positions.to(device)).last_hidden_state
-        scores += reward_model.score(hidden[:, -1]).squeeze(-1).float().cpu().tolist()
+                                         position_ids=positions_from_mask(mask).to(device)).last_hidden_state
+        scores += reward_of_hidden(reward_model, hidden[:, -1]).cpu().tolist()
     return scores
 
 

@@ -22,6 +22,7 @@ from . import metrics
 from .methods import METHODS, Method, contrastive_unavailable, make_methods, run_batch
 from .prompts import PROMPTS_FILE, load_prompts, select
 from ..decoder import BACKENDS, encode_prompts
+from ..models import load_models
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -98,28 +99,6 @@ def machine_info() -> dict:
             "platform": platform.platform()}
 
 
-def load_models(policy_path: str | None, reward_path: str | None):
-    """(policy, tokenizer, reward_model, description), float32, eval mode, on CPU."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
-    if policy_path is None or reward_path is None:
-        from .. import default_models
-    if policy_path:
-        policy, tokenizer = AutoModelForCausalLM.from_pretrained(policy_path), AutoTokenizer.from_pretrained(policy_path)
-    else:
-        policy, tokenizer = default_models.load_default_policy()
-    if reward_path:
-        reward = AutoModelForSequenceClassification.from_pretrained(reward_path)
-    else:
-        reward = default_models.load_default_reward()
-    names = {"policy": policy_path or f"default ({getattr(policy.config, '_name_or_path', '') or type(policy).__name__})",
-             "reward_model": reward_path or f"default ({getattr(reward.config, '_name_or_path', '') or type(reward).__name__})"}
-    if reward_path is None:   # which trained head: the shipped weights change when the reward is retrained
-        import hashlib
-        digest = hashlib.sha256(default_models.REWARD_WEIGHTS.read_bytes()).hexdigest()[:16]
-        names["reward_model"] += f", score head {default_models.REWARD_WEIGHTS.name} sha256 {digest}"
-    return policy.float().eval(), tokenizer, reward.float().eval(), names
-
-
 class Evaluation:
     """Models, encoded prompts and scorers shared by every method of one run (eval or sweep)."""
 
@@ -128,7 +107,12 @@ class Evaluation:
             torch.set_num_threads(args.threads)
         self.args, self.command = args, command
         self.prompts = select(load_prompts(args.prompts), args.offset, args.num_prompts)
-        self.policy, self.tokenizer, self.reward, self.model_names = load_models(args.policy, args.reward_model)
+        loaded = load_models(args.policy, args.reward_model)
+        if loaded.reward_tokenizer is not None:
+            raise ValueError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
+                             "evaluation scores token ids with it, so it needs the policy's vocabulary")
+        self.policy, self.tokenizer, self.reward, self.model_names = (loaded.policy, loaded.tokenizer, loaded.reward,
+                                                                      loaded.names)
         gen_eos = getattr(self.policy.generation_config, "eos_token_id", None)
         eos = gen_eos if gen_eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])

@@ -1,6 +1,6 @@
 """Shared-prefix candidate attention in Triton (flash-decoding over the prefix, one extra slot per query).
 
-Contract (same as :func:`args_fast.ops.candidate_attention`, the torch reference): ``q`` is
+Contract (the torch reference is :func:`args_fast.ops.candidate_attention`): ``q`` is
 ``(B, Hq, k, D)``, the k candidate queries of each row; ``k_cache``/``v_cache`` are one layer's
 ``(B, Hkv, S, D)`` (any strides: usually views into the ``(layers, B, Hkv, S, D)`` cache); row ``b``'s
 prefix is slots ``[prefix_start[b], prefix_end[b])`` and candidate ``j``'s own K/V sits at slot
@@ -28,7 +28,6 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from ..ops import candidate_attention as candidate_attention_reference
 
 LOG2E = 1.4426950408889634
 BLOCK_M_MAX = 128   # stacked (candidate, head) queries per tile; above this the prefix is read per block
@@ -143,7 +142,7 @@ def _combine_kernel(
 # Imported explicitly: Triton loads triton.runtime.interpreter only when TRITON_INTERPRET=1, so
 # the attribute path fails on GPU machines.
 INTERPRETED = isinstance(_combine_kernel, InterpretedFunction)
-DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+DTYPES = (torch.float16, torch.bfloat16, torch.float32)   # the cache dtypes the kernels take
 
 
 _SM_COUNTS: dict[torch.device, int] = {}
@@ -166,47 +165,20 @@ def default_num_splits(batch: int, kv_heads: int, m_blocks: int, max_prefix: int
     return max(1, min(want, triton.cdiv(max_prefix, 256), 64))
 
 
-def _check(q, k_cache, v_cache, prefix_start, prefix_end, scale, num_splits):
-    for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache),
-                    ("prefix_start", prefix_start), ("prefix_end", prefix_end)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device} but q is on {q.device}; all inputs must share a device")
-    if q.device.type != "cuda" and not INTERPRETED:
-        raise RuntimeError("the Triton candidate_attention needs CUDA tensors (or TRITON_INTERPRET=1 set before "
-                           "importing args_fast.kernels, for CPU testing); use args_fast.ops.candidate_attention")
-    if q.dim() != 4:
-        raise ValueError(f"q must be (B, Hq, k, D), got shape {tuple(q.shape)}")
+def supports_head_dim(dim: int) -> bool:
+    """The kernels tile the head dim with ``tl.dot``: a power of two in [16, 256]. The one place this
+    rule lives: the static-triton backend asks it before choosing these kernels."""
+    return 16 <= dim <= 256 and dim & (dim - 1) == 0
+
+
+def _assert_shapes(q, k_cache, v_cache, prefix_start, prefix_end):
+    """Cheap shape asserts only (no host sync, no per-argument messages): arguments are validated once
+    at the public API and when an engine allocates, not per layer per step."""
     batch, hq, k, dim = q.shape
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dim() != 4 or t.shape[0] != batch or t.shape[3] != dim:
-            raise ValueError(f"{name} must be (B={batch}, Hkv, S, D={dim}), got shape {tuple(t.shape)}")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"v_cache shape {tuple(v_cache.shape)} must equal k_cache shape {tuple(k_cache.shape)}")
-    if q.dtype not in DTYPES:
-        raise TypeError(f"q dtype must be one of {DTYPES}, got {q.dtype}")
-    for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} must equal q dtype {q.dtype}")
-    hkv, slots = k_cache.shape[1], k_cache.shape[2]
-    if batch == 0 or k == 0 or hkv == 0:
-        raise ValueError(f"q and the caches must be non-empty, got q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}")
-    if hq % hkv:
-        raise ValueError(f"q heads ({hq}) must be a multiple of the cache's kv heads ({hkv})")
-    if dim < 16 or dim > 256 or dim & (dim - 1):
-        raise ValueError(f"head dim D must be a power of two in [16, 256] (tl.dot tiles), got {dim}")
-    if slots < k:
-        raise ValueError(f"the caches have {slots} slots, fewer than the k={k} candidate slots")
-    for name, t in (("prefix_start", prefix_start), ("prefix_end", prefix_end)):
-        if t.shape != (batch,) or t.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"{name} must be an int32/int64 tensor of shape ({batch},), got {t.dtype} {tuple(t.shape)}")
-        if not t.is_contiguous():   # the kernels index them as flat arrays
-            raise ValueError(f"{name} must be contiguous, got strides {t.stride()}")
-    if scale is not None and not isinstance(scale, (int, float)):
-        raise TypeError(f"scale must be a float or None, got {type(scale).__name__}")
-    if num_splits is not None and (isinstance(num_splits, bool) or not isinstance(num_splits, int) or num_splits < 1):
-        raise ValueError(f"num_splits must be an int >= 1 or None, got {num_splits!r}")
+    assert k_cache.dim() == 4 and k_cache.shape == v_cache.shape, "k_cache, v_cache: (B, Hkv, S, D), equal"
+    assert k_cache.shape[0] == batch and k_cache.shape[3] == dim, "caches must be (B, Hkv, S, D) of q's B and D"
+    assert hq % k_cache.shape[1] == 0 and supports_head_dim(dim), "Hq % Hkv == 0, D a power of two in [16, 256]"
+    assert prefix_start.shape == prefix_end.shape == (batch,), "prefix_start, prefix_end: (B,)"
 
 
 def check_slot_ranges(prefix_start: torch.Tensor, prefix_end: torch.Tensor, k: int, n_slots: int) -> None:
@@ -285,9 +257,9 @@ def candidate_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     """Triton shared-prefix candidate attention; output ``(B, Hq, k, D)`` in q's dtype (and strides).
 
     ``scale`` defaults to ``D ** -0.5``; ``num_splits`` (prefix chunks per row) defaults to
-    :func:`default_num_splits`. Shapes and dtypes are checked here; slot values are not (no sync),
-    see :func:`check_slot_ranges`."""
-    _check(q, k_cache, v_cache, prefix_start, prefix_end, scale, num_splits)
+    :func:`default_num_splits`. Only cheap shape asserts run here; slot values are not checked (that
+    would sync), see :func:`check_slot_ranges`."""
+    _assert_shapes(q, k_cache, v_cache, prefix_start, prefix_end)
     batch, hq, k, dim = q.shape
     hkv, slots = k_cache.shape[1], k_cache.shape[2]
     scale = dim ** -0.5 if scale is None else float(scale)
@@ -297,4 +269,4 @@ def candidate_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
     return torch.ops.args_fast.candidate_attention(q, k_cache, v_cache, prefix_start, prefix_end, scale, num_splits)
 
 
-__all__ = ["candidate_attention", "candidate_attention_reference", "check_slot_ranges", "default_num_splits"]
+__all__ = ["candidate_attention", "check_slot_ranges", "default_num_splits", "supports_head_dim"]

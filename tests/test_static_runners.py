@@ -1,4 +1,4 @@
-"""Native runners (args_fast.native) against the Hugging Face models they borrow weights from.
+"""Static runners (args_fast.runners) against the Hugging Face models they borrow weights from.
 
 float32 on CPU, tiny random-init configs of every supported variant, left-padded batches; logits and
 rewards must agree within 1e-4 for prefill, for decode steps and for the k-candidate reward pass.
@@ -11,8 +11,8 @@ from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadM
                           Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
 
 from args_fast import ops
-from args_fast.backends.native_engine import sdpa_candidate_attention, torch_select_commit
-from args_fast.native import native_model, unsupported_reason
+from args_fast.backends.static_engine import sdpa_candidate_attention
+from args_fast.runners import static_runner, unsupported_reason
 
 VOCAB, PAD = 80, 1
 ATOL = 1e-4
@@ -97,11 +97,11 @@ def unpadded(ids, mask):
 @torch.no_grad()
 def test_causal_lm_prefill_and_decode_match_hf(variant):
     hf = make(variant, "lm", seed=len(variant))
-    native = native_model(hf, "lm")
+    runner = static_runner(hf, "lm")
     ids, mask = prompts([6, 1, 9, 4], seed=len(variant))
     steps = 4
-    cache = native.new_cache(ids.shape[0], ids.shape[1] + steps)
-    logits = native.outputs(native.prefill(ids, mask, cache))
+    cache = runner.new_cache(ids.shape[0], ids.shape[1] + steps)
+    logits = runner.outputs(runner.prefill(ids, mask, cache))
     expected = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits
     real = mask.bool()
     torch.testing.assert_close(logits[real], expected[real], rtol=0, atol=ATOL)
@@ -111,7 +111,7 @@ def test_causal_lm_prefill_and_decode_match_hf(variant):
     g = torch.Generator().manual_seed(7)
     for _ in range(steps):
         token = torch.randint(3, VOCAB, (ids.shape[0], 1), generator=g)
-        got = native.outputs(native.decode(token, cache, ops.candidate_attention))[:, -1]
+        got = runner.outputs(runner.decode(token, cache, ops.candidate_attention))[:, -1]
         cache.prefix_end += 1
         rows = [torch.cat([r, t]) for r, t in zip(rows, token)]
         want = torch.stack([hf(input_ids=r[None]).logits[0, -1] for r in rows])
@@ -124,16 +124,16 @@ def test_reward_candidates_and_commit_match_hf(variant):
     """k candidates per row in one pass == HF's reward of each context + candidate; after committing
     a chosen candidate the next pass still matches (the winner's K/V moved into the prefix)."""
     hf = make(variant, "reward", seed=len(variant) + 1)
-    native = native_model(hf, "reward")
+    runner = static_runner(hf, "reward")
     ids, mask = prompts([3, 8, 1, 5, 7], seed=3)
     k, steps = 5, 3
-    cache = native.new_cache(ids.shape[0], ids.shape[1] + steps + k)
-    native.prefill(ids, mask, cache)
+    cache = runner.new_cache(ids.shape[0], ids.shape[1] + steps + k)
+    runner.prefill(ids, mask, cache)
     rows = unpadded(ids, mask)
     g = torch.Generator().manual_seed(11)
     for _ in range(steps):
         candidates = torch.randint(3, VOCAB, (ids.shape[0], k), generator=g)
-        got = native.outputs(native.decode(candidates, cache, ops.candidate_attention))
+        got = runner.outputs(runner.decode(candidates, cache, ops.candidate_attention))
         want = torch.stack([hf.score(hf_hidden(hf, torch.cat([r.expand(k, -1), c[:, None]], 1),
                                                torch.ones(k, len(r) + 1, dtype=torch.long))[:, -1]).squeeze(-1)
                             for r, c in zip(rows, candidates)])
@@ -149,10 +149,10 @@ def test_hf_sequence_classification_pooling_agrees():
     """Our reward = score head on the last token, which is what HF's pooled logits are for a
     left-padded batch ending in a non-pad token."""
     hf = make("llama-gqa", "reward", seed=5)
-    native = native_model(hf, "reward")
+    runner = static_runner(hf, "reward")
     ids, mask = prompts([4, 7, 2], seed=9)
-    cache = native.new_cache(3, ids.shape[1])
-    got = native.outputs(native.prefill(ids, mask, cache))[:, -1]
+    cache = runner.new_cache(3, ids.shape[1])
+    got = runner.outputs(runner.prefill(ids, mask, cache))[:, -1]
     want = hf(input_ids=ids, attention_mask=mask, position_ids=hf_positions(mask)).logits[:, 0]
     torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
@@ -170,7 +170,8 @@ def test_sdpa_candidate_attention_matches_reference(hq, hkv, k):
                                    ops.candidate_attention(q, kc, vc, start, end, scale), rtol=0, atol=1e-5)
 
 
-def test_torch_select_commit_matches_its_parts():
+def test_select_commit_reference_is_select_then_commit():
+    """ops.select_commit (the fused contract's reference) = select_candidates + commit_slots_, in place."""
     g = torch.Generator().manual_seed(0)
     batch, k, layers, heads, slots, dim = 4, 3, 2, 2, 9, 4
     logits, rewards, u = torch.randn(batch, k, generator=g), torch.randn(batch, k, generator=g), torch.rand(batch, k, generator=g)
@@ -183,7 +184,7 @@ def test_torch_select_commit_matches_its_parts():
     kw, vw = kc.clone(), vc.clone()
     ops.commit_slots_(kw, vw, end, want[0])
     f2, e2, k2, v2 = finished.clone(), end.clone(), kc.clone(), vc.clone()
-    got = torch_select_commit(logits, ids, rewards, u, 0.7, 0.5, f2, eos, 0, k2, v2, e2)
+    got = ops.select_commit(logits, ids, rewards, u, 0.7, 0.5, f2, eos, 0, k2, v2, e2)
     for a, b in zip(got, want[:3]):
         torch.testing.assert_close(a, b, equal_nan=True)
     assert torch.equal(f2, want[3]) and f2[2] and torch.equal(e2, end + 1)
@@ -194,13 +195,13 @@ def test_unsupported_models_are_refused_with_a_reason():
     lm, rm = make("llama-gqa", "lm", 0), make("llama-gqa", "reward", 1)
     assert unsupported_reason(lm, "lm") is None and unsupported_reason(rm, "reward") is None
     assert "ForSequenceClassification" in unsupported_reason(lm, "reward")
-    with pytest.raises(ValueError, match="natively"):
-        native_model(rm, "lm")
+    with pytest.raises(ValueError, match="static runner"):
+        static_runner(rm, "lm")
     bert_like = torch.nn.Linear(2, 2)
     assert "model_type" in unsupported_reason(bert_like, "lm")
     config_cls, lm_cls, _, kw = VARIANTS["mistral"]
     windowed = lm_cls(config_cls(vocab_size=VOCAB, **dict(kw, sliding_window=8))).eval()
-    model = native_model(windowed, "lm")
+    model = static_runner(windowed, "lm")
     model.new_cache(2, 8)
     with pytest.raises(ValueError, match="sliding-window"):
         model.new_cache(2, 9)
@@ -208,6 +209,6 @@ def test_unsupported_models_are_refused_with_a_reason():
 
 def test_runner_shares_the_hf_weights():
     hf = make("qwen2", "lm", 0)
-    native = native_model(hf, "lm")
+    runner = static_runner(hf, "lm")
     hf_ptrs = {p.data_ptr() for p in hf.parameters()}
-    assert {p.data_ptr() for p in native.parameters()} <= hf_ptrs
+    assert {p.data_ptr() for p in runner.parameters()} <= hf_ptrs

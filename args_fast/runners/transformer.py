@@ -1,4 +1,4 @@
-"""A compact decoder-only transformer runner over a static KV cache (gpt-fast style).
+"""``StaticRunner``: a compact decoder-only transformer run over a :class:`StaticKVCache` (gpt-fast style).
 
 One class covers the Llama family (Llama-2/3, Mistral, Qwen2, SmolLM), OPT and GPT-2: they differ
 only in position encoding (RoPE / learned), norm placement, QKV packing and MLP shape, which
@@ -24,31 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-class StaticKVCache:
-    """All layers of one model in one preallocated tensor each for keys and values,
-    ``(layers, B, H_kv, S, D)``, plus each row's prefix window ``[prefix_start, prefix_end)``
-    (left padding sits before ``prefix_start``; candidate j of a step goes to ``prefix_end + j``)."""
-
-    def __init__(self, n_layers: int, batch: int, n_kv_heads: int, slots: int, head_dim: int, *,
-                 dtype: torch.dtype, device):
-        shape = (n_layers, batch, n_kv_heads, slots, head_dim)
-        self.keys = torch.zeros(shape, dtype=dtype, device=device)
-        self.values = torch.zeros(shape, dtype=dtype, device=device)
-        self.prefix_start = torch.zeros(batch, dtype=torch.long, device=device)
-        self.prefix_end = torch.zeros(batch, dtype=torch.long, device=device)
-        self.batch_index = torch.arange(batch, device=device)[:, None]
-
-    @property
-    def batch(self) -> int:
-        return self.keys.shape[1]
-
-    @property
-    def slots(self) -> int:
-        return self.keys.shape[3]
-
-    def nbytes(self) -> int:
-        return self.keys.nbytes + self.values.nbytes
+from ..kv_cache import StaticKVCache
+from ..ops import positions_from_mask, prefix_mask
 
 
 @dataclass
@@ -134,7 +111,7 @@ class Block(nn.Module):
         return x
 
 
-class NativeModel(nn.Module):
+class StaticRunner(nn.Module):
     """Causal LM (``head`` = lm_head, V outputs) or scalar reward model (``head`` = score, 1 output)."""
 
     def __init__(self, spec: Spec, embed, blocks, *, positions=None, project_in=None, final_norm=None,
@@ -162,7 +139,7 @@ class NativeModel(nn.Module):
     def new_cache(self, batch: int, slots: int) -> StaticKVCache:
         s = self.spec
         if s.window is not None and slots > s.window:
-            raise ValueError(f"this {s.family} model uses sliding-window attention (window {s.window}); the native "
+            raise ValueError(f"this {s.family} model uses sliding-window attention (window {s.window}); the static "
                              f"runner supports only sequences within the window, {slots} slots requested")
         return StaticKVCache(self.n_layers, batch, s.n_kv_heads, slots, s.head_dim, dtype=self.dtype,
                              device=self.device)
@@ -204,12 +181,8 @@ class NativeModel(nn.Module):
         batch, length = ids.shape
         if length > cache.slots:
             raise ValueError(f"prompt of {length} tokens does not fit the cache's {cache.slots} slots")
-        valid = attention_mask.bool()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        causal = torch.ones(length, length, dtype=torch.bool, device=ids.device).tril()
-        # pad queries see themselves so no row of the softmax is empty (their outputs are never used)
-        visible = (causal[None] & valid[:, None, :]) | torch.eye(length, dtype=torch.bool, device=ids.device)
-        visible = visible[:, None]
+        positions = positions_from_mask(attention_mask)
+        visible = prefix_mask(attention_mask)
 
         def attend(layer, q, k, v):
             cache.keys[layer, :, :, :length] = k
@@ -220,7 +193,7 @@ class NativeModel(nn.Module):
         x, rope = self._embed(ids, positions)
         hidden = self._run(x, rope, attend)
         cache.prefix_end.fill_(length)
-        cache.prefix_start.copy_(length - valid.long().sum(-1))
+        cache.prefix_start.copy_(length - attention_mask.long().sum(-1))
         return hidden
 
     def decode(self, ids: torch.Tensor, cache: StaticKVCache, attention) -> torch.Tensor:

@@ -1,13 +1,13 @@
-"""The compiled ops of ``csrc/`` (extension ``args_fast._C``), registered as torch custom ops.
+"""The C++/CUDA ops of ``csrc/`` (the extension ``args_fast._C``), registered as torch custom ops.
 
 * ``select_commit``: pick one of the k candidates per row (greedy argmax or Gumbel-max on passed
   uniforms, exactly :func:`args_fast.ops.select_candidates`), update ``finished``, copy the winner's
   K/V into the row's next prefix slot in every layer (:func:`args_fast.ops.commit_slots_`) and
-  advance ``prefix_end``: one op, mutations declared, so torch.compile and CUDA-graph capture keep a
+  advance ``prefix_end`` (reference: :func:`args_fast.ops.select_commit`): one op, mutations declared, so torch.compile and CUDA-graph capture keep a
   decode step whole. CPU loop, or two CUDA kernels with no host sync.
 * ``topk_logits``: top-k (k <= 64) of (B, V) logits, fp32 values and int64 indices sorted descending,
-  equal values ordered by lower index, NaN above +inf (torch.topk's order). CPU heap selection, or a
-  CUDA block radix select.
+  equal values ordered by lower index, NaN above +inf (reference: :func:`args_fast.ops.topk_logits`).
+  CPU heap selection, or a CUDA block radix select. :func:`topk_max_k` is the largest k it takes.
 
 The extension is optional: if it was not built (see setup.py), :func:`available` is False and
 :func:`unavailable_reason` says why; calling an op then raises RuntimeError with that reason.
@@ -47,9 +47,14 @@ def unavailable_reason() -> str:
     return _REASON
 
 
+def topk_max_k() -> int:
+    """The largest k :func:`topk_logits` takes (csrc/kernels.h ``kTopkMaxK``); 0 when not built."""
+    return int(_C.topk_max_k) if _C is not None else 0
+
+
 def _require() -> None:
     if _C is None:
-        raise RuntimeError(f"args_fast compiled ops are unavailable: {_REASON}")
+        raise RuntimeError(f"the args_fast csrc extension ops are unavailable: {_REASON}")
 
 
 @torch.library.custom_op("args_fast::select_commit_cpp", mutates_args=("finished", "k_cache", "v_cache", "prefix_end"))

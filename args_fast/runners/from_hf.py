@@ -1,4 +1,4 @@
-"""Build a :class:`NativeModel` from a Hugging Face model object, per family.
+"""Build a :class:`StaticRunner` from a Hugging Face model object, per family.
 
 The mapping borrows the HF modules (no weight copy). Families: the Llama family (``llama``,
 ``mistral``, ``qwen2``; SmolLM checkpoints are ``llama``), ``opt`` and ``gpt2``, each as causal LM
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from transformers.activations import ACT2FN
 
-from .model import Block, GatedMLP, NativeModel, PackedQKV, PlainMLP, Spec, SplitQKV
+from .transformer import Block, GatedMLP, PackedQKV, PlainMLP, Spec, SplitQKV, StaticRunner
 
 LLAMA_FAMILY = ("llama", "mistral", "qwen2")
 FAMILIES = LLAMA_FAMILY + ("opt", "gpt2")
@@ -28,11 +28,11 @@ def _role(model) -> str | None:
 
 
 def unsupported_reason(model, role: str) -> str | None:
-    """Why ``model`` cannot run natively as ``role`` ("lm" or "reward"), or None if it can."""
+    """Why ``model`` cannot run as a :class:`StaticRunner` in ``role`` ("lm" or "reward"), or None if it can."""
     config = getattr(model, "config", None)
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
-        return f"model_type {family!r} is not one of the native families {FAMILIES}"
+        return f"model_type {family!r} is not one of the static runner's families {FAMILIES}"
     if _role(model) != role:
         want = "a *ForCausalLM" if role == "lm" else "a *ForSequenceClassification with one label"
         return f"{type(model).__name__} is not {want}"
@@ -41,7 +41,7 @@ def unsupported_reason(model, role: str) -> str | None:
     if family in LLAMA_FAMILY:
         rope = model.base_model.rotary_emb.rope_type
         if rope not in ROPE_TYPES:
-            return f"RoPE type {rope!r} is not supported natively (supported: {ROPE_TYPES})"
+            return f"RoPE type {rope!r} is not supported by the static runner (supported: {ROPE_TYPES})"
         if getattr(config, "hidden_act", "silu") not in ACT2FN:
             return f"activation {config.hidden_act!r} unknown"
     if family == "gpt2" and getattr(config, "add_cross_attention", False):
@@ -66,7 +66,7 @@ def _llama(model, is_reward):
                             layer.post_attention_layernorm,
                             GatedMLP(m.gate_proj, m.up_proj, m.down_proj, ACT2FN[config.hidden_act]), a.scaling))
     head = model.score if is_reward else model.lm_head
-    return NativeModel(spec, base.embed_tokens, blocks, final_norm=base.norm, head=head, is_reward=is_reward)
+    return StaticRunner(spec, base.embed_tokens, blocks, final_norm=base.norm, head=head, is_reward=is_reward)
 
 
 def family_uses_window(config) -> bool:
@@ -93,7 +93,7 @@ def _opt(model, is_reward):
     # nn.Embedding.forward on the position table: indices already carry the +2 offset
     positions = _PlainEmbedding(decoder.embed_positions)
     head = model.score if is_reward else model.lm_head
-    return NativeModel(spec, decoder.embed_tokens, blocks, positions=positions, project_in=decoder.project_in,
+    return StaticRunner(spec, decoder.embed_tokens, blocks, positions=positions, project_in=decoder.project_in,
                        final_norm=decoder.final_layer_norm, project_out=decoder.project_out, head=head,
                        is_reward=is_reward)
 
@@ -109,7 +109,7 @@ def _gpt2(model, is_reward):
         blocks.append(Block(spec, i, PackedQKV(a.c_attn, (config.n_embd,) * 3), a.c_proj, layer.ln_1, layer.ln_2,
                             PlainMLP(layer.mlp.c_fc, layer.mlp.c_proj, layer.mlp.act), a.scaling))
     head = model.score if is_reward else model.lm_head
-    return NativeModel(spec, base.wte, blocks, positions=base.wpe, final_norm=base.ln_f, head=head,
+    return StaticRunner(spec, base.wte, blocks, positions=base.wpe, final_norm=base.ln_f, head=head,
                        is_reward=is_reward)
 
 
@@ -124,11 +124,11 @@ class _PlainEmbedding:
         return self.table.weight[index]
 
 
-def native_model(model, role: str) -> NativeModel:
-    """The native runner for a Hugging Face ``model`` used as ``role`` ("lm" or "reward")."""
+def static_runner(model, role: str) -> StaticRunner:
+    """The static runner for a Hugging Face ``model`` used as ``role`` ("lm" or "reward")."""
     reason = unsupported_reason(model, role)
     if reason is not None:
-        raise ValueError(f"cannot run {type(model).__name__} natively: {reason}")
+        raise ValueError(f"cannot run {type(model).__name__} as a static runner: {reason}")
     family = model.config.model_type
     build = _llama if family in LLAMA_FAMILY else _opt if family == "opt" else _gpt2
     return build(model, role == "reward").eval()

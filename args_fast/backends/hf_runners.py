@@ -1,0 +1,83 @@
+"""The ``hf`` backend's runners: the Hugging Face models' own forwards over a shared-prefix slot cache.
+
+Policy: left-padded batch, one cached decode step per token. Reward model: its cache
+(:class:`~args_fast.kv_cache.HFSlotCache`) holds each row's prefix once; each step the k candidates
+of a row go through the model as k tokens at the same position, each masked to see the row's prefix
+and itself (:func:`args_fast.ops.candidate_visibility`), all B*k in ONE forward call; then only the
+winner's K/V is kept (one gather/scatter over all layers).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..hf import reward_of_hidden, to_attention_mask
+from ..kv_cache import HFSlotCache
+from ..ops import candidate_visibility, positions_from_mask, prefix_mask
+
+
+class _SlotRunner:
+    """Shared bookkeeping: the slot cache, each row's prefix window, each row's next position."""
+
+    def __init__(self, model, extra_slots: int):
+        self.model, self.device, self.extra_slots = model, model.device, extra_slots
+
+    def _prefill(self, forward, input_ids, attention_mask, max_new_tokens):
+        input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
+        batch, prompt = input_ids.shape
+        self.cache = HFSlotCache(self.model.config.num_hidden_layers, batch, prompt + max_new_tokens + self.extra_slots)
+        out = forward(input_ids=input_ids, attention_mask=to_attention_mask(prefix_mask(attention_mask), self.model),
+                      position_ids=positions_from_mask(attention_mask), past_key_values=self.cache, use_cache=True)
+        self.cache.advance(prompt)
+        self.prefix_start = prompt - attention_mask.long().sum(-1)     # (B,) first real slot of each row
+        self.cache.storage.prefix_start.copy_(self.prefix_start)
+        self.next_pos = attention_mask.long().sum(-1)                  # (B,) position of the next token
+        return out
+
+    def _mask(self, k: int):
+        """(B, 1, k, length + k) mask in the model's format: the prefix plus each query's own slot."""
+        storage = self.cache.storage
+        visible = candidate_visibility(storage.prefix_start, storage.prefix_end, k, self.cache.length + k)
+        return to_attention_mask(visible[:, None], self.model)
+
+
+class HFPolicyRunner(_SlotRunner):
+    def __init__(self, policy):
+        super().__init__(policy, extra_slots=0)
+
+    @torch.no_grad()
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
+        out = self._prefill(lambda **kw: self.model(**kw, logits_to_keep=1), input_ids, attention_mask, max_new_tokens)
+        return out.logits[:, -1].float()
+
+    @torch.no_grad()
+    def step(self, tokens):
+        logits = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self._mask(1),
+                            position_ids=self.next_pos[:, None], past_key_values=self.cache,
+                            use_cache=True, logits_to_keep=1).logits
+        self.cache.advance(1)
+        self.next_pos += 1
+        return logits[:, -1].float()
+
+
+class HFRewardRunner(_SlotRunner):
+    def __init__(self, reward_model, k: int):
+        super().__init__(reward_model, extra_slots=k)
+        self.reward_model, self.backbone = reward_model, reward_model.base_model
+        self.forward_calls = 0
+
+    @torch.no_grad()
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
+        self._prefill(self.backbone, input_ids, attention_mask, max_new_tokens)
+
+    @torch.no_grad()
+    def score(self, candidate_ids):
+        batch, k = candidate_ids.shape
+        hidden = self.backbone(input_ids=candidate_ids.to(self.device), attention_mask=self._mask(k),
+                               position_ids=self.next_pos[:, None].expand(batch, k),
+                               past_key_values=self.cache, use_cache=True).last_hidden_state
+        self.forward_calls += 1
+        return reward_of_hidden(self.reward_model, hidden)
+
+    def commit(self, choice, tokens):
+        self.cache.commit(choice.to(self.device))
+        self.next_pos += 1

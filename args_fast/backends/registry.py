@@ -1,0 +1,168 @@
+"""The one table of backends: what each runs, where, how its engine is built, and why it cannot run.
+
+Every way of choosing a backend goes through here: ``backend="auto"``, an explicit name, the CLI's
+``--backend`` choices, the tests and the benchmarks. A backend's ``build`` either returns a ready
+:class:`~args_fast.backends.engine.Engine` (runners built and ops loaded once, reused by every
+``generate`` call of the decoder that holds it) or raises :class:`BackendUnavailable` with the reason.
+
+``auto`` tries :data:`AUTO_ORDER` for the policy's device type and takes the first engine that
+builds. The static backends with fast kernels (``self_check=True``) have never been proven on every
+GPU, so the first time in a process that ``auto`` would pick one on a device it runs
+:func:`args_fast.backends.self_check.self_check` (a few steps on a tiny random model against the
+torch ops, CUDA-graph capture and replay included) and, on any failure, warns once and moves on.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .. import hf
+from .engine import ComposedEngine, Engine
+from .hf_runners import HFPolicyRunner, HFRewardRunner
+from .reference import ReferencePolicy, ReferenceReward
+from .static_engine import BackendUnavailable, build_static_engine
+from .text_reward import TextReward, encoder_reward_fn
+
+
+@dataclass(frozen=True)
+class Models:
+    """The models of one decoder. ``reward_kind``: "cached" (a causal one-label score model on the
+    policy's vocabulary: prefix-cached paths) or "text" (reward read from decoded text)."""
+    policy: torch.nn.Module
+    reward_model: object
+    reward_kind: str
+    tokenizer: object = None
+    reward_tokenizer: object = None
+
+
+@dataclass(frozen=True)
+class Options:
+    k: int
+    w: float
+    temperature: float
+    eos_ids: list[int] | None
+    pad_id: int
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    runs_on: str
+    summary: str
+    build: Callable[[Models, Options], Engine]
+    self_check: bool = False     # run the self-check before auto stakes a run on it
+
+
+# ------------------------------------------------------------------------------------------ builders
+def _text_reward(models: Models, device) -> TextReward:
+    fn = models.reward_model
+    if models.reward_tokenizer is not None:
+        fn = encoder_reward_fn(models.reward_model, models.reward_tokenizer)
+    return TextReward(fn, models.tokenizer, device=device)
+
+
+def _build_reference(models: Models, options: Options) -> Engine:
+    reward = (_text_reward(models, models.policy.device) if models.reward_kind == "text"
+              else ReferenceReward(models.reward_model))
+    return ComposedEngine(ReferencePolicy(models.policy), reward, **vars(options))
+
+
+def _build_hf(models: Models, options: Options) -> Engine:
+    cached = [("policy", models.policy)] + ([("reward_model", models.reward_model)]
+                                            if models.reward_kind == "cached" else [])
+    for name, model in cached:
+        if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
+            raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
+                                     f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
+    reward = (_text_reward(models, models.policy.device) if models.reward_kind == "text"
+              else HFRewardRunner(models.reward_model, options.k))
+    return ComposedEngine(HFPolicyRunner(models.policy), reward, **vars(options))
+
+
+def _static_builder(ops_name: str) -> Callable[[Models, Options], Engine]:
+    def build(models: Models, options: Options) -> Engine:
+        if models.reward_kind != "cached":
+            raise BackendUnavailable("it needs a causal *ForSequenceClassification reward_model on the policy's "
+                                     "vocabulary (the prefix-cached path); text rewards run on 'hf' or 'reference'")
+        return build_static_engine(ops_name, models.policy, models.reward_model, **vars(options))
+    return build
+
+
+BACKENDS: dict[str, Backend] = {b.name: b for b in (
+    Backend("reference", "any device", "the paper's Algorithm 1, literally: each row alone, every candidate's "
+            "reward from a full forward of its whole sequence; slow on purpose, the oracle", _build_reference),
+    Backend("hf", "any device", "the Hugging Face models' own forwards, eager, with a shared-prefix slot cache: "
+            "one reward forward of all B*k candidates per step", _build_hf),
+    Backend("static", "CPU, CUDA", "static runners and static caches (CUDA-graph steps on CUDA) with torch ops "
+            "(SDPA attention)", _static_builder("static")),
+    Backend("static-triton", "CUDA (CPU only under TRITON_INTERPRET=1, for tests)", "the static engine with the "
+            "Triton candidate attention and fused select + commit", _static_builder("static-triton"), self_check=True),
+    Backend("static-csrc", "CUDA, CPU", "the static engine with the csrc extension's select + commit and top-k "
+            "(C++ on CPU, CUDA kernels on GPU) and the Triton attention where it runs",
+            _static_builder("static-csrc"), self_check=True),
+)}
+
+# Old names, kept working for one release with a DeprecationWarning.
+ALIASES = {"torch": "hf", "native": "static", "triton": "static-triton", "cuda": "static-csrc"}
+CHOICES = ("auto",) + tuple(BACKENDS) + tuple(ALIASES)
+# auto: the first of these (by the policy's device type) whose engine builds and, if it has fast
+# kernels, passes the self-check. On CPU interpreted Triton is for tests only and the csrc CPU ops
+# save nothing measurable next to the hf backend's model forwards, so hf leads there.
+AUTO_ORDER = {"cuda": ("static-csrc", "static-triton", "static", "hf", "reference"),
+              "default": ("hf", "reference")}
+
+
+def canonical_name(name: str) -> str:
+    """The backend's current name; an old name warns (DeprecationWarning) and maps to its new one."""
+    if not isinstance(name, str) or name not in CHOICES:
+        raise ValueError(f"backend must be one of {CHOICES}, got {name!r}")
+    if name in ALIASES:
+        warnings.warn(f"backend={name!r} is deprecated and will be removed in the next release; use "
+                      f"backend={ALIASES[name]!r}", DeprecationWarning, stacklevel=3)
+        return ALIASES[name]
+    return name
+
+
+def build(name: str, models: Models, options: Options) -> Engine:
+    """The engine of backend ``name`` (a current name); ValueError saying why when it cannot run these models."""
+    try:
+        return BACKENDS[name].build(models, options)
+    except BackendUnavailable as exc:
+        raise ValueError(f"backend={name!r} cannot run these models: {exc}") from None
+
+
+def unavailable_reason(name: str, models: Models, options: Options) -> str | None:
+    """Why backend ``name`` cannot run these models, or None when it can (builds an engine to find out)."""
+    try:
+        BACKENDS[name].build(models, options)
+    except BackendUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def choose(models: Models, options: Options) -> tuple[str, Engine]:
+    """``auto``: the first backend of :data:`AUTO_ORDER` that builds and passes its self-check."""
+    from .self_check import self_check
+    device = models.policy.device
+    reasons = []
+    for name in AUTO_ORDER.get(device.type, AUTO_ORDER["default"]):
+        backend = BACKENDS[name]
+        try:
+            engine = backend.build(models, options)
+        except BackendUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            continue
+        if backend.self_check:
+            failure, ran_now = self_check(name, device, engine.policy.dtype, engine.policy.spec.head_dim,
+                                          engine.reward.spec.head_dim)
+            if failure is not None:
+                if ran_now:   # one warning line per process and device, not one per decoder
+                    warnings.warn(f"args_fast: backend {name!r} failed its self-check on {device} ({failure}); "
+                                  "auto falls back to the next backend", RuntimeWarning, stacklevel=3)
+                reasons.append(f"{name}: self-check failed ({failure})")
+                continue
+        return name, engine
+    raise ValueError("no backend can run these models: " + "; ".join(reasons))
