@@ -1,16 +1,163 @@
-"""The ``args-fast`` command line: generate (greedy vs ARGS side by side), train-rm, eval, sweep."""
+"""The ``args-fast`` command line: generate (greedy vs ARGS side by side), train-rm, eval, sweep.
+
+Errors in what the user gave (an option's value, a path, a file's contents) end the command with one
+line, ``args-fast <command>: error: ...`` naming the flag, and exit status 2; Ctrl-C ends it with
+``args-fast <command>: interrupted`` and status 130. Options that need no model are checked by
+argparse; those that depend on the models (``--k`` against the policy's vocabulary) right after
+loading them, before any decoding.
+"""
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from .decoder import BACKENDS, MODES, ARGSDecoder, decode_continuations, encode_prompts
+from .decoder import BACKENDS, MODES, T_MAX, T_MIN, W_LIMIT, ARGSDecoder, decode_continuations, encode_prompts
 from .models import load_models
 
 
+# --------------------------------------------------------------------------------------- argparse types
+def int_at_least(flag: str, low: int, high: int | None = None):
+    """argparse type: an int >= ``low`` (and <= ``high``); the error names the flag and the range."""
+    span = f">= {low}" if high is None else f"in [{low}, {high}]"
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer {span}, got {text!r}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{flag} must be an integer {span}, got {value}")
+        return value
+    return parse
+
+
+def positive_int(flag: str):
+    return int_at_least(flag, 1)
+
+
+def seed_int(flag: str = "--seed"):
+    return int_at_least(flag, 0, 2**64 - 1)     # what torch.Generator.manual_seed takes
+
+
+def finite_float(flag: str, *, positive: bool = False, limit: float | None = None):
+    """argparse type: a finite float (> 0 with ``positive``; |value| <= ``limit``); the error names the flag.
+    The default limits are the decoder's (float32 scores stay finite): |w| <= 1e30, T in [1e-30, 1e30]."""
+    low, high = (T_MIN, limit or T_MAX) if positive else (-(limit or math.inf), limit or math.inf)
+    span = f" > 0" if positive else ""
+    if limit is not None or positive:
+        span += f" (in [{low:g}, {high:g}])"
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} must be a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or value > high:
+            raise argparse.ArgumentTypeError(f"{flag} must be a finite number{span}, got {text}")
+        return value
+    return parse
+
+
+def weight_float(flag: str = "--w"):
+    return finite_float(flag, limit=W_LIMIT)
+
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` shows every option's default: ``(default: X)`` is appended unless the help already
+    says it (``default ...``); flags that are off unless given show ``(default: off)``."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        if action.default is False and action.nargs == 0:
+            return f"{text} (default: off)"
+        if action.default is None:
+            return f"{text} (default: none)"
+        return f"{text} (default: %(default)s)"
+
+
+# --------------------------------------------------------------------------------------- user inputs
+def check_model_dir(flag: str, path: str | None) -> None:
+    """A ``--policy`` / ``--reward-model`` path, checked before anything loads (transformers would take a
+    missing path for a hub repository id and fail deep inside with a traceback)."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"{flag} {path}: no such directory")
+    if not p.is_dir():
+        raise ValueError(f"{flag} {path}: not a directory (give the folder written by save_pretrained)")
+    if not os.access(p, os.R_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: permission denied")
+    config = p / "config.json"
+    if not config.is_file():
+        raise ValueError(f"{flag} {path}: no config.json there (not a model saved with save_pretrained)")
+    if not os.access(config, os.R_OK):
+        raise ValueError(f"{flag} {config}: permission denied")
+
+
+def load_user_models(policy: str | None, reward_model: str | None, **kw):
+    """:func:`load_models` after checking the user's paths; an OSError while loading a user-given model
+    (a file missing or unreadable in its folder) becomes a ValueError naming the flags."""
+    check_model_dir("--policy", policy)
+    check_model_dir("--reward-model", reward_model)
+    try:
+        return load_models(policy, reward_model, **kw)
+    except OSError as err:
+        given = [(flag, path) for flag, path in (("--policy", policy), ("--reward-model", reward_model)) if path]
+        if not given:
+            raise
+        named = [(flag, path) for flag, path in given if str(Path(path)) in str(err) or path in str(err)] or given
+        raise ValueError(f"could not load {' / '.join(f'{flag} {path}' for flag, path in named)}: {err}") from err
+
+
+def read_user_text(flag: str, path: str) -> str:
+    """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); every way it can
+    fail (missing, a directory, unreadable, not UTF-8) is a ValueError naming the flag and the file."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"{flag} {path}: no such file") from None
+    except IsADirectoryError:
+        raise ValueError(f"{flag} {path}: is a directory, not a file") from None
+    except PermissionError:
+        raise ValueError(f"{flag} {path}: permission denied") from None
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise ValueError(f"{flag} {path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+                         f"(line {line})") from None
+    return text.removeprefix("\ufeff")
+
+
+def text_lines(text: str) -> list[str]:
+    """Lines as text-mode ``open`` reads them (``\\n``, ``\\r\\n`` and ``\\r`` end a line), without the ends."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt or [])
+    if args.prompts_file is not None:
+        from_file = [line for line in text_lines(read_user_text("--prompts-file", args.prompts_file)) if line.strip()]
+        if not from_file:
+            raise ValueError(f"--prompts-file {args.prompts_file}: no prompts in it (empty or only blank lines)")
+        prompts += from_file
+    if not prompts:
+        raise ValueError("give --prompt TEXT (repeatable) or --prompts-file FILE")
+    return prompts
+
+
+# --------------------------------------------------------------------------------------- generate
 def _final_rewards(rewards: torch.Tensor) -> list[float]:
     """Reward of each row's whole response: its last step's reward (steps after EOS are nan)."""
     out = []
@@ -20,31 +167,31 @@ def _final_rewards(rewards: torch.Tensor) -> list[float]:
     return out
 
 
-def _read_prompts(args) -> list[str]:
-    prompts = list(args.prompt or [])
-    if args.prompts_file:
-        with open(args.prompts_file, encoding="utf-8") as f:
-            prompts += [line.rstrip("\n") for line in f if line.strip()]
-    if not prompts:
-        raise SystemExit("args-fast generate: give --prompt TEXT (repeatable) or --prompts-file FILE")
-    return prompts
+def _fmt_reward(value: float) -> str:
+    return f"{value:+.3f}" if math.isfinite(value) else "n/a"
 
 
 def run_generate(args) -> int:
     from tqdm import tqdm
     prompts = _read_prompts(args)
+    check_model_dir("--policy", args.policy)
+    check_model_dir("--reward-model", args.reward_model)
     print("loading models ...", file=sys.stderr)
-    loaded = load_models(args.policy, args.reward_model)
+    loaded = load_user_models(args.policy, args.reward_model)
     policy, tokenizer, reward, reward_tokenizer = loaded.policy, loaded.tokenizer, loaded.reward, loaded.reward_tokenizer
+    vocab = policy.get_output_embeddings().out_features
+    if args.k > vocab:
+        raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {args.k}")
     chat = args.chat_template == "on" or (args.chat_template == "auto" and tokenizer.chat_template is not None)
     input_ids, attention_mask = encode_prompts(tokenizer, prompts, chat_template=chat)
     common = dict(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
     runs = [("greedy", dict(k=1, w=0.0, mode="greedy", backend=args.backend)),
             (f"ARGS-{args.mode} (k={args.k}, w={args.w})",
              dict(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature, backend=args.backend))]
+    # both decoders first: each checks its options at construction, so a bad one fails before any decoding
+    decoders = [(name, ARGSDecoder(policy, reward, **options, **common)) for name, options in runs]
     results = []
-    for name, options in runs:
-        decoder = ARGSDecoder(policy, reward, **options, **common)
+    for name, decoder in decoders:
         generator = torch.Generator().manual_seed(args.seed)
         with tqdm(total=args.max_new_tokens, desc=f"{name} [{decoder.backend}]", unit="tok",
                   file=sys.stderr, leave=False) as bar:
@@ -56,37 +203,42 @@ def run_generate(args) -> int:
     for i, prompt in enumerate(prompts):
         print(f"\n=== prompt {i + 1}: {prompt}")
         for name, texts, rewards, elapsed, steps in results:
-            print(f"--- {name}: reward {rewards[i]:+.3f}")
+            if steps == 0:
+                print(f"--- {name}: reward n/a (no tokens generated: --max-new-tokens 0)")
+            else:
+                print(f"--- {name}: reward {_fmt_reward(rewards[i])}")
             print(texts[i].strip())
     print()
     for name, _, rewards, elapsed, steps in results:
         mean = sum(rewards) / len(rewards)
-        print(f"{name:<40} mean final reward {mean:+.3f}   {elapsed:6.2f} s  "
-              f"({1000 * elapsed / max(steps, 1):.1f} ms/step, batch {len(prompts)})")
+        per_step = f"{1000 * elapsed / steps:.1f} ms/step" if steps else "no steps"
+        print(f"{name:<40} mean final reward {_fmt_reward(mean)}   {elapsed:6.2f} s  "
+              f"({per_step}, batch {len(prompts)})")
     return 0
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be an int >= 1, got {value}")
-    return value
-
-
+# --------------------------------------------------------------------------------------- the parser
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="args-fast", description="ARGS: alignment as reward-guided search")
+    parser = argparse.ArgumentParser(prog="args-fast", description="ARGS: alignment as reward-guided search",
+                                     formatter_class=DefaultsHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="greedy vs ARGS continuations side by side, with rewards and times")
-    gen.add_argument("--prompt", action="append", help="a prompt (repeatable)")
-    gen.add_argument("--prompts-file", help="a file with one prompt per line")
-    gen.add_argument("--k", type=_positive_int, default=10, help="candidates per step (default 10)")
-    gen.add_argument("--w", type=float, default=1.0,
+    about = "greedy vs ARGS continuations side by side, with rewards and times"
+    gen = sub.add_parser("generate", help=about, description=about, formatter_class=DefaultsHelpFormatter)
+    gen.add_argument("--prompt", action="append", help="a prompt (repeatable; default: none, give this or "
+                                                       "--prompts-file)")
+    gen.add_argument("--prompts-file", help="a UTF-8 file with one prompt per line, blank lines skipped "
+                                            "(default: none)")
+    gen.add_argument("--k", type=positive_int("--k"), default=10,
+                     help="candidates per step, at most the policy's vocabulary")
+    gen.add_argument("--w", type=weight_float("--w"), default=1.0,
                      help="reward weight (default 1.0: chosen for the default reward model, results/README.md)")
-    gen.add_argument("--mode", choices=MODES, default="greedy")
-    gen.add_argument("--temperature", type=float, default=0.7, help="for --mode stochastic (default 0.7)")
-    gen.add_argument("--max-new-tokens", type=int, default=64)
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--backend", choices=BACKENDS, default="auto")
+    gen.add_argument("--mode", choices=MODES, default="greedy", help="ARGS selection: top score or sampled")
+    gen.add_argument("--temperature", type=finite_float("--temperature", positive=True), default=0.7,
+                     help="for --mode stochastic")
+    gen.add_argument("--max-new-tokens", type=int_at_least("--max-new-tokens", 0), default=64,
+                     help="tokens generated per prompt at most")
+    gen.add_argument("--seed", type=seed_int(), default=0, help="seed of the sampling (--mode stochastic)")
+    gen.add_argument("--backend", choices=BACKENDS, default="auto", help="which ARGS engine runs")
     gen.add_argument("--policy", help="local path of a causal LM (default: embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--reward-model", help="local path of a 1-label sequence-classification model "
                                             "(default: the embedded args_fast reward model)")
@@ -100,26 +252,42 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_optional_commands(sub):
     """Subcommands whose modules pull heavier dependencies are imported here, not at package import."""
     from .reward_training import add_train_rm_arguments, run_train_rm
-    train = sub.add_parser("train-rm", help="train the default reward model (pairwise loss)")
-    add_train_rm_arguments(train)
-    train.set_defaults(func=run_train_rm)
+    commands = [("train-rm", "train the default reward model (pairwise loss)", add_train_rm_arguments, run_train_rm)]
     from .evaluation.run import add_eval_arguments, run_eval
-    ev = sub.add_parser("eval", help="decoding methods x metrics table over held-out prompts")
-    add_eval_arguments(ev)
-    ev.set_defaults(func=run_eval)
+    commands.append(("eval", "decoding methods x metrics table over held-out prompts", add_eval_arguments, run_eval))
     from .evaluation.sweep import add_sweep_arguments, run_sweep
-    sw = sub.add_parser("sweep", help="w x k sweep with plots (the paper's Figure 2)")
-    add_sweep_arguments(sw)
-    sw.set_defaults(func=run_sweep)
+    commands.append(("sweep", "w x k sweep with plots (the paper's Figure 2)", add_sweep_arguments, run_sweep))
+    for name, about, add_arguments, func in commands:
+        command = sub.add_parser(name, help=about, description=about, formatter_class=DefaultsHelpFormatter)
+        add_arguments(command)
+        command.set_defaults(func=func)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+
+
+def run_command(prog: str, func, args) -> int:
+    """Run a parsed command: a bad input (ValueError / TypeError; the user-input checks above raise
+    ValueError for missing or unreadable files too) ends it with one line and status 2, Ctrl-C with one
+    line and status 130, never a traceback."""
+    try:
+        return func(args)
+    except (ValueError, TypeError) as err:  # bad options surface as one clear line, not a traceback
+        sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        raise SystemExit(130) from None
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return args.func(args)
-    except (ValueError, TypeError) as err:  # bad options surface as one clear line, not a traceback
-        parser.exit(2, f"args-fast {args.command}: error: {err}\n")
+        args = build_parser().parse_args(argv)
+    except KeyboardInterrupt:
+        sys.stderr.write("args-fast: interrupted\n")
+        raise SystemExit(130) from None
+    return run_command(f"args-fast {args.command}", args.func, args)
 
 
 if __name__ == "__main__":

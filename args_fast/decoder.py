@@ -19,7 +19,9 @@ From ``args_fast.generate`` to a Triton kernel, every hop (backend ``static-trit
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -40,12 +42,81 @@ class GenerateOutput:
     rewards: torch.Tensor     # (B, T) reward of the chosen continuation per step; nan once finished
 
 
-def _eos_list(value) -> list[int] | None:
+# float32 scores are logit + w * reward, divided by T in stochastic mode: these bounds keep them finite
+# for |logit|, |reward| up to 1e8 (a w or T outside them overflows or underflows float32).
+W_LIMIT, T_MIN, T_MAX = 1e30, 1e-30, 1e30
+
+
+def _is_bool(value) -> bool:
+    return isinstance(value, (bool, np_bool_type())) or (
+        isinstance(value, torch.Tensor) and value.dtype == torch.bool)
+
+
+def np_bool_type():
+    try:
+        import numpy
+        return numpy.bool_
+    except ImportError:   # numpy is optional here
+        return bool
+
+
+def _scalar(value):
+    """A Python number from an int / float, a numpy scalar or a one-element tensor; else the value as is."""
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() <= 1:
+        return value.item()
+    if hasattr(value, "item") and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+        return value.item()
+    return value
+
+
+def as_int(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` as an int in [low, high]; ValueError naming ``name`` and the range otherwise."""
+    span = f"[{low}, {high}]" if high is not None else f">= {low}"
+    number = _scalar(value)
+    if _is_bool(value) or isinstance(number, bool) or not isinstance(number, numbers.Integral):
+        raise ValueError(f"{name} must be an int {span}, got {value!r}")
+    number = int(number)
+    if number < low or (high is not None and number > high):
+        raise ValueError(f"{name} must be an int {span}, got {number}")
+    return number
+
+
+def as_float(name: str, value, low: float, high: float, *, open_low: bool = False) -> float:
+    """``value`` as a finite float in [low, high] ((low, high] with ``open_low``); ValueError naming ``name``."""
+    span = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+    number = _scalar(value)
+    if _is_bool(value) or isinstance(number, bool) or not isinstance(number, numbers.Real):
+        raise ValueError(f"{name} must be a number in {span}, got {value!r}")
+    number = float(number)
+    if not math.isfinite(number) or number > high or number < low or (open_low and number == low):
+        raise ValueError(f"{name} must be a finite number in {span}, got {number!r}")
+    return number
+
+
+def _token_ids(name: str, value, vocab: int) -> list[int]:
+    """One id or several (list, tuple, tensor, numpy array) as a list of ints in [0, vocab)."""
+    if isinstance(value, torch.Tensor) and value.dim() == 1:
+        value = value.tolist()
+    elif hasattr(value, "tolist") and type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1:
+        value = value.tolist()
+    items = list(value) if isinstance(value, (list, tuple)) else [value]
+    return [as_int(name, i, 0, vocab - 1) for i in items]
+
+
+def _takes_two_arguments(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind == p.VAR_POSITIONAL for p in params)
+
+
+def _eos_list(value, vocab: int) -> list[int] | None:
     """An id or ids that end a row; ``[]`` means never stop early."""
     if value is None:
         return None
-    values = [value] if isinstance(value, int) else list(value)
-    return values or None
+    return _token_ids("eos_token_id", value, vocab) or None
 
 
 class ARGSDecoder:
@@ -78,27 +149,34 @@ class ARGSDecoder:
         self.policy, self.reward_model = policy, reward_model
         self.vocab = policy.get_output_embeddings().out_features
         self.tokenizer, self.reward_tokenizer = tokenizer, reward_tokenizer
-        self._check_options(k, w, mode, temperature)
-        self._check_max_new_tokens(max_new_tokens)
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        k = as_int("k", k, 1, self.vocab)
+        w = as_float("w", w, -W_LIMIT, W_LIMIT)
+        if mode == "stochastic":
+            temperature = as_float("temperature", temperature, T_MIN, T_MAX)
+        elif _is_bool(temperature) or not isinstance(_scalar(temperature), numbers.Real):   # unused when greedy
+            raise ValueError(f"temperature must be a number, got {temperature!r}")
+        max_new_tokens = as_int("max_new_tokens", max_new_tokens, 0)
         self._k, self._w, self._mode, self._temperature = k, w, mode, temperature
         self.max_new_tokens = max_new_tokens
         backend = registry.canonical_name(backend)
         self.reward_kind = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
         gen = getattr(policy, "generation_config", None)
         # None: the policy's generation_config decides; [] (or a config without one): never stop early.
-        self._eos = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None))
+        self._eos = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None),
+                              self.vocab)
         if pad_token_id is None:
             pad_token_id = getattr(gen, "pad_token_id", None)
         if pad_token_id is None and self._eos:
             pad_token_id = self._eos[0]   # as transformers' generate does
+        if pad_token_id is not None:
+            pad_token_id = as_int("pad_token_id", pad_token_id, 0, self.vocab - 1)
         self._pad_token_id = pad_token_id
-        for name, ids in (("eos_token_id", self._eos or []), ("pad_token_id", [pad_token_id] if pad_token_id is not None else [])):
-            for i in ids:
-                if not isinstance(i, int) or not 0 <= i < self.vocab:
-                    raise ValueError(f"{name} must be token ids in [0, {self.vocab}), got {i!r}")
-        options = registry.Options(k=k, w=w, temperature=temperature, eos_ids=self._eos, pad_id=self._pad())
+        options = registry.Options(k=k, w=w, temperature=temperature if mode == "stochastic" else 1.0,
+                                   eos_ids=self._eos, pad_id=self._pad())
         if engine is not None:
-            self._engine = self._check_engine(engine, options)
+            self._engine = self._check_engine(engine, options, check_temperature=mode == "stochastic")
             self._backend = "custom"
         else:
             models = registry.Models(policy, reward_model, self.reward_kind, tokenizer, reward_tokenizer)
@@ -118,6 +196,16 @@ class ARGSDecoder:
     backend = property(lambda self: self._backend, doc="the backend that runs ('custom' for a passed engine)")
     engine = property(lambda self: self._engine, doc="the engine the loop drives (see backends/engine.py)")
 
+    @property
+    def backend_description(self) -> str:
+        """What runs, in words: the backend and, for the static engine, the ops it plugged in (e.g. the
+        csrc CPU build on a machine without CUDA)."""
+        if self._backend == "custom":
+            return f"custom engine {type(self._engine).__name__}"
+        ops = getattr(self._engine, "ops", None)
+        detail = getattr(ops, "description", "") or registry.BACKENDS[self._backend].summary
+        return f"{self._backend} ({detail})"
+
     def replace(self, **changes) -> "ARGSDecoder":
         """A new decoder on the same models with some options changed, e.g. ``decoder.replace(w=2.0)``."""
         unknown = sorted(set(changes) - set(self._init_args))
@@ -126,31 +214,15 @@ class ARGSDecoder:
         return ARGSDecoder(self.policy, self.reward_model, **{**self._init_args, **changes})
 
     # ----------------------------------------------------------------------------------- checks
-    def _check_options(self, k, w, mode, temperature):
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.vocab:
-            raise ValueError(f"k must be an int in [1, {self.vocab}] (the policy's vocabulary), got {k!r}")
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
-            raise ValueError(f"w must be a finite number, got {w!r}")
-        if mode == "stochastic" and (not isinstance(temperature, (int, float)) or not math.isfinite(temperature)
-                                     or temperature <= 0):
-            raise ValueError(f"temperature must be a finite number > 0 in stochastic mode, got {temperature!r}")
-
     @staticmethod
-    def _check_max_new_tokens(max_new_tokens):
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-
-    @staticmethod
-    def _check_engine(engine, options: registry.Options):
+    def _check_engine(engine, options: registry.Options, check_temperature: bool):
         if not isinstance(engine, Engine):
             raise TypeError(f"engine must implement args_fast.backends.engine.Engine (k, w, temperature, eos_ids, "
                             f"pad_id, prefill, step), got {type(engine).__name__}")
         for name, want in vars(options).items():
             got = getattr(engine, name)
-            if name == "temperature" and options.temperature is not None and got is not None:
-                same = float(got) == float(want)
+            if name == "temperature":
+                same = not check_temperature or (got is not None and float(got) == float(want))
             else:
                 same = (list(got) if got else None) == want if name == "eos_ids" else got == want
             if not same:
@@ -159,7 +231,13 @@ class ARGSDecoder:
         return engine
 
     def _classify_reward(self, reward_model, reward_tokenizer, tokenizer) -> str:
-        if isinstance(reward_model, torch.nn.Module):
+        # A Hugging Face model is a score model; any other callable (a function, or an nn.Module of
+        # the user's with forward(prompts, responses)) is a text reward.
+        if isinstance(reward_model, torch.nn.Module) and not hf.is_hf_model(reward_model) \
+                and not _takes_two_arguments(reward_model.forward):
+            raise TypeError(f"reward_model is a {type(reward_model).__name__} module but neither a Hugging Face "
+                            "*ForSequenceClassification model nor a text reward with forward(prompts, responses)")
+        if hf.is_hf_model(reward_model):
             if not hf.is_scalar_reward_model(reward_model):
                 raise TypeError(f"reward_model must have a scalar score head: {hf.describe_reward_problem(reward_model)}")
             if reward_tokenizer is not None:
@@ -181,7 +259,12 @@ class ARGSDecoder:
         raise TypeError(f"reward_model must be a *ForSequenceClassification model or a callable, "
                         f"got {type(reward_model).__name__}")
 
-    def _check_inputs(self, input_ids, attention_mask, max_new_tokens):
+    def _check_inputs(self, input_ids, attention_mask, max_new_tokens, generator):
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor of shape (batch, prompt_len) or None, got "
+                            f"{type(attention_mask).__name__}")
         if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.long, torch.int):
             raise ValueError(f"input_ids must be an integer tensor of shape (batch, prompt_len), got "
                              f"{getattr(input_ids, 'shape', type(input_ids).__name__)}")
@@ -205,15 +288,26 @@ class ARGSDecoder:
         ids = input_ids[mask]
         if bool((ids < 0).any()) or bool((ids >= self.vocab).any()):
             raise ValueError(f"input_ids must be token ids in [0, {self.vocab})")
-        self._check_max_new_tokens(max_new_tokens)
+        max_new_tokens = as_int("max_new_tokens", max_new_tokens, 0)
         need = int(lengths.max()) + max_new_tokens
+        if self._backend != "reference":
+            # the hf and static backends attend over the whole context; only the reference backend runs
+            # the models' own attention, which honours a sliding window
+            cached = [("policy", self.policy)] + ([("reward_model", self.reward_model)] if self.reward_kind == "cached" else [])
+            for name, model in cached:
+                window = hf.sliding_window(model.config)
+                if window is not None and need > window:
+                    raise ValueError(f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
+                                     f"exceeds the {name}'s sliding attention window of {window} tokens, which backend "
+                                     f"{self._backend!r} does not apply; use backend='reference' (the models' own "
+                                     "attention) or a shorter request")
         models = [("policy", self.policy)] + ([("reward_model", self.reward_model)] if self.reward_kind == "cached" else [])
         for name, model in models:
             limit = hf.context_length(model.config)
             if limit is not None and need > limit:
                 raise ValueError(f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
                                  f"exceeds the {name}'s context of {limit} positions")
-        return attention_mask
+        return attention_mask, max_new_tokens
 
     def _pad(self) -> int:
         return self._pad_token_id if self._pad_token_id is not None else 0
@@ -224,9 +318,11 @@ class ARGSDecoder:
                  max_new_tokens: int | None = None, generator: torch.Generator | None = None,
                  progress: Callable[[int], None] | None = None) -> GenerateOutput:
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
-        attention_mask = self._check_inputs(input_ids, attention_mask, max_new_tokens)
+        attention_mask, max_new_tokens = self._check_inputs(input_ids, attention_mask, max_new_tokens, generator)
         device = self.policy.device
         input_ids, attention_mask = input_ids.to(device).long(), attention_mask.to(device).long()
+        # padding may hold anything (collators write -100): no model ever sees it
+        input_ids = input_ids.masked_fill(attention_mask == 0, self._pad())
         batch, prompt_len = input_ids.shape
         sequences = torch.full((batch, prompt_len + max_new_tokens), self._pad(), dtype=torch.long, device=device)
         sequences[:, :prompt_len] = input_ids
@@ -236,6 +332,8 @@ class ARGSDecoder:
         # all_done[t]: every row had finished after step t. Filled on device, read every `sync_every`
         # steps only, so accelerators are not stalled each token; the output is cut at the first True.
         all_done = torch.zeros(max_new_tokens, dtype=torch.bool, device=device)
+        # bad_step[b]: the first step at which row b's candidates had a NaN / inf reward (-1: none yet)
+        bad_step = torch.full((batch,), -1, dtype=torch.long, device=device)
         sync_every = 1 if device.type == "cpu" else 8
         stops = bool(self._eos)
         # uniforms are drawn on the generator's device: a CUDA generator means no host-to-device copy
@@ -250,16 +348,31 @@ class ARGSDecoder:
                 token, chosen_reward, finished = engine.step(uniforms, last=t == max_new_tokens - 1)
                 sequences[:, prompt_len + t] = token
                 rewards[:, t] = chosen_reward
+                bad_step.masked_fill_(engine.nonfinite.to(device) & (bad_step < 0), t)
                 if progress is not None:
                     progress(1)
+                if (t + 1) % sync_every == 0:
+                    self._raise_if_nonfinite(bad_step)
                 if stops:
                     all_done[t] = finished.all()
                     if (t + 1) % sync_every == 0 and bool(all_done[t]):
                         break
+            self._raise_if_nonfinite(bad_step)
         steps = max_new_tokens
         if stops and bool(all_done.any()):
             steps = int(all_done.int().argmax()) + 1
         return GenerateOutput(sequences[:, :prompt_len + steps], rewards[:, :steps])
+
+    def _raise_if_nonfinite(self, bad_step: torch.Tensor) -> None:
+        """A candidate reward that is NaN or infinite cannot rank the candidates: an error, not a skip.
+        Treating it as -inf (or dropping the row) would silently change what ARGS optimises, and a NaN
+        reward usually means a broken reward model or input, which the user needs to see."""
+        if bool((bad_step >= 0).any()):
+            rows = torch.nonzero(bad_step >= 0).flatten().tolist()
+            step = int(bad_step[rows].min())
+            raise ValueError(f"the reward model gave a NaN or infinite reward to a candidate at step {step} (0-based) "
+                             f"for batch rows {[r for r in rows if int(bad_step[r]) == step]}; ARGS cannot rank "
+                             "candidates by it (check the reward model and its inputs)")
 
     def generate_text(self, prompts: list[str], tokenizer=None, *, max_new_tokens: int | None = None,
                       generator: torch.Generator | None = None, chat_template: bool = False,

@@ -20,10 +20,28 @@ def describe_reward_problem(model) -> str:
     head = getattr(model, "score", None)
     if not isinstance(model, nn.Module):
         return f"got {type(model).__name__}, not a torch module or a callable"
+    if getattr(model, "config", None) is None:
+        return f"{type(model).__name__} has no Hugging Face config (expected a *ForSequenceClassification model)"
     if not isinstance(head, nn.Linear):
         return f"{type(model).__name__} has no `score` head (expected a *ForSequenceClassification model)"
     return (f"{type(model).__name__} has a score head of width {head.out_features} and "
             f"num_labels={getattr(model.config, 'num_labels', None)}; ARGS needs exactly one scalar")
+
+
+def is_hf_model(model) -> bool:
+    """A Hugging Face model (weights and a config), as opposed to a user's own module or callable."""
+    from transformers import PreTrainedModel
+    return isinstance(model, PreTrainedModel)
+
+
+def sliding_window(config) -> int | None:
+    """The attention window of a model that limits how far back tokens see, or None when it sees all."""
+    window = getattr(config, "sliding_window", None)
+    if window is None:
+        return None
+    if getattr(config, "model_type", None) == "mistral":
+        return window
+    return window if "sliding_attention" in (getattr(config, "layer_types", None) or []) else None
 
 
 def is_causal_lm(model) -> bool:

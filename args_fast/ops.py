@@ -21,9 +21,36 @@ import torch
 
 
 def topk_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The k largest logits per row: ``(values float32 (B, k) descending, ids int64 (B, k))``."""
-    values, ids = logits.float().topk(k, dim=-1)
-    return values, ids
+    """The k largest logits per row: ``(values float32 (B, k) descending, ids int64 (B, k))``.
+
+    Order, defined so that every backend hands the same candidates in the same order to the same
+    uniforms: larger logit first; equal logits (common in bf16 / fp16) by LOWER token id first, also
+    at the k-th place (the lowest ids among those tied there are taken); NaN above +inf; -0.0 == +0.0.
+    That is ``torch.sort(logits.float(), descending=True, stable=True)[:, :k]``, computed without a
+    sort over the vocabulary: torch.topk (whose order of ties is unspecified), and where ties could
+    matter an exact select on order-preserving integer keys. On CPU the tie check is a host read
+    (free there); elsewhere the exact select always runs, with no host sync (CUDA-graph safe)."""
+    x = logits.float()
+    if x.device.type == "cpu":
+        values, ids = x.topk(k, dim=-1)
+        last = values[:, -1:]
+        internal = bool((values[:, 1:] == values[:, :-1]).any()) or bool(values.isnan().any())
+        if not internal and not bool(((x == last).sum(-1) > (values == last).sum(-1)).any()):
+            return values, ids
+    return _topk_by_key(x, k)
+
+
+def _topk_by_key(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exact :func:`topk_logits` order: each float32 logit becomes an int64 key, its order-preserving
+    int32 image in the high half and ``V - 1 - id`` in the low half, so one integer top-k orders by
+    value, then by lower id."""
+    vocab = x.shape[-1]
+    canon = torch.where(x.isnan(), torch.full_like(x, float("nan")), x) + 0.0   # one NaN pattern; -0.0 -> +0.0
+    bits = canon.view(torch.int32)
+    key = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(torch.int64)       # monotone in the float order
+    key = (key << 32) | (vocab - 1 - torch.arange(vocab, device=x.device, dtype=torch.int64))
+    ids = key.topk(k, dim=-1).indices
+    return x.gather(-1, ids), ids
 
 
 def args_scores(top_logits: torch.Tensor, rewards: torch.Tensor, w: float) -> torch.Tensor:

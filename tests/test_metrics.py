@@ -3,9 +3,9 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForSequenceClassification
 
 from args_fast.evaluation import metrics
+from tiny_models import make_model, seed_of
 
 
 def test_word_tokenize_follows_nltk_treebank_with_sentence_split():
@@ -39,7 +39,7 @@ def test_diversity_hand_computed(text, expected):
 
 def test_diversity_matches_official_formula_on_random_text():
     """The official metrics.py, written out (percent scale and all), on random word soups."""
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(seed_of(7))
     words = "the a cat dog sat ran , . ! fast slow".split()
 
     def official(tokens):
@@ -76,7 +76,7 @@ def embedder():
 
 
 def test_embedder_matches_sentence_transformers(embedder):
-    st = pytest.importorskip("sentence_transformers")
+    import sentence_transformers as st   # the independent twin, pinned in requirements.txt
     reference = st.SentenceTransformer(str(metrics.minilm_path()), device="cpu")
     texts = ["Hello there!", "I like to walk my dog in the park on sundays.", "", "word " * 400]  # the last is truncated
     ours = embedder.encode(texts)
@@ -108,10 +108,7 @@ def test_judges_order_clear_cases(embedder):
 
 def test_batched_reward_matches_unpadded_one_at_a_time():
     """score_sequences (left-padded batches) against the model run on each sequence alone (the official way)."""
-    torch.manual_seed(3)
-    config = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, num_labels=1, pad_token_id=0, attn_implementation="sdpa")
-    model = LlamaForSequenceClassification(config).eval()
+    model = make_model("llama", "reward", 3, vocab=50, pad_token_id=0, score_std=None)   # HF's init throughout
     g = torch.Generator().manual_seed(4)
     seqs = [torch.randint(1, 50, (n,), generator=g).tolist() for n in (1, 7, 3, 12, 5)]
     batched = metrics.score_sequences(model, seqs, pad_id=0, batch_size=3)

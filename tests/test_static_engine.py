@@ -9,56 +9,28 @@ import functools
 
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, OPTConfig, OPTForCausalLM,
-                          OPTForSequenceClassification)
 
 from args_fast.backends import registry
 from args_fast.backends.static_engine import OPS_TABLES, BackendUnavailable, build_static_engine
 from args_fast.decoder import ARGSDecoder
+from tiny_models import ENGINE_VARIANTS, PAD, make_pair, padded_prompts
 
 STATIC_BACKENDS = tuple(OPS_TABLES)
 
-VOCAB, PAD = 72, 1
-CONFIGS = {  # head dim 16 everywhere; Llama with grouped-query attention (4 query heads on 2 KV heads)
-    "llama": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-              dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=64)),
-    "opt": (OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
-            dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2, max_position_embeddings=64,
-                 word_embed_proj_dim=32)),
-    "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2ForSequenceClassification,
-             dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
-}
+VOCAB, CONTEXT = 72, 64
 LENGTHS = [5, 2, 7, 3]
 K, STEPS, W = 4, 7, 1.5
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @functools.lru_cache(maxsize=None)
-def models(family, seed=0):
-    config_cls, lm_cls, rm_cls, kw = CONFIGS[family]
-    config = dict(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=2, bos_token_id=0, attn_implementation="eager", **kw)
-    torch.manual_seed(seed)
-    policy = lm_cls(config_cls(**config)).eval().to(DEVICE)
-    reward = rm_cls(config_cls(num_labels=1, **config)).eval().to(DEVICE)
-    with torch.no_grad():   # peaked attention (HF's std 0.02 init leaves it near uniform), rewards of order 1
-        for model in (policy, reward):
-            for p in model.parameters():
-                if p.dim() == 2:
-                    p.normal_(0, 0.15)
-        reward.score.weight.normal_(0, 1.0)
-    return policy, reward
+def models(variant, seed=0):
+    """The (policy, reward) pair of ``variant`` (head dim 16; eager attention): peaked attention (HF's
+    std 0.02 init leaves it near uniform) and rewards of order 1."""
+    return make_pair(variant, seed, vocab=VOCAB, context=CONTEXT, attn="eager", peaked="weights", device=DEVICE)
 
 
-def prompts(lengths, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.full((len(lengths), max(lengths)), PAD, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for row, n in enumerate(lengths):
-        ids[row, ids.shape[1] - n:] = torch.randint(3, VOCAB, (n,), generator=g)
-        mask[row, ids.shape[1] - n:] = 1
-    return ids, mask
+prompts = functools.partial(padded_prompts, vocab=VOCAB)
 
 
 def engine(backend, policy, reward, eos=None, k=K, w=W, temperature=0.7, **kw):
@@ -85,9 +57,9 @@ def first_stops(generated, eos):
     return [int(row.nonzero()[0]) if row.any() else None for row in hits]
 
 
-def staggered_eos(family, mode):
+def staggered_eos(variant, mode):
     """One or two EOS tokens that the unbounded run emits first at the most distinct steps across rows."""
-    policy, reward = models(family)
+    policy, reward = models(variant)
     ids, mask = prompts(LENGTHS)
     free = generate(decoder(policy, reward, "static", mode, eos=[]), ids, mask).sequences[:, ids.shape[1]:].cpu()
     seen = free.unique().tolist()
@@ -96,10 +68,10 @@ def staggered_eos(family, mode):
 
 
 @functools.lru_cache(maxsize=None)
-def reference_run(family, mode):
-    policy, reward = models(family)
+def reference_run(variant, mode):
+    policy, reward = models(variant)
     ids, mask = prompts(LENGTHS)
-    eos = staggered_eos(family, mode)
+    eos = staggered_eos(variant, mode)
     return eos, generate(decoder(policy, reward, "reference", mode, eos=eos), ids, mask)
 
 
@@ -118,11 +90,11 @@ def assert_same(a, b):
 
 @pytest.mark.parametrize("backend", STATIC_BACKENDS)
 @pytest.mark.parametrize("mode", ["greedy", "stochastic"])
-@pytest.mark.parametrize("family", list(CONFIGS))
-def test_engine_matches_reference(family, mode, backend):
-    policy, reward = models(family)
+@pytest.mark.parametrize("variant", ENGINE_VARIANTS)
+def test_engine_matches_reference(variant, mode, backend):
+    policy, reward = models(variant)
     skip_unless_available(backend, policy, reward)
-    eos, ref = reference_run(family, mode)
+    eos, ref = reference_run(variant, mode)
     ids, mask = prompts(LENGTHS)
     stops = {s for s in first_stops(ref.sequences[:, ids.shape[1]:].cpu(), eos) if s is not None}
     assert len(stops) >= 2 and ref.rewards.isnan().any(), "test setup: rows must stop at different steps"
@@ -132,7 +104,7 @@ def test_engine_matches_reference(family, mode, backend):
 def test_eager_cross_device_path_matches_fused_path():
     """The path for policy and reward model on different devices (select where the logits are, commit
     where the reward cache is), forced on one device here."""
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     ids, mask = prompts(LENGTHS, seed=3)
     split_engine = engine("static", policy, reward, use_graph=False)
     split_engine.same_device = False
@@ -142,7 +114,7 @@ def test_eager_cross_device_path_matches_fused_path():
 
 
 def test_reward_cache_is_prefix_once_plus_k_slots():
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     ids, mask = prompts(LENGTHS)
     dec = decoder(policy, reward, "static", "greedy", eos=[])
     generate(dec, ids, mask)
@@ -157,7 +129,7 @@ def test_reward_cache_is_prefix_once_plus_k_slots():
 
 def test_engine_is_reusable_across_requests():
     """One engine (caches sized once, graph captured once on CUDA) serves prompts of any length that fit."""
-    policy, reward = models("opt")
+    policy, reward = models("opt-hd16")
     ready = engine("static", policy, reward)
     ready.allocate(3, 9 + STEPS)
     keys = ready.rcache.keys
@@ -169,10 +141,10 @@ def test_engine_is_reusable_across_requests():
     assert ready.rcache.keys is keys   # no reallocation
 
 
-@pytest.mark.parametrize("family", list(CONFIGS))
-def test_policy_only_engine_is_hf_greedy_decoding(family):
+@pytest.mark.parametrize("variant", ENGINE_VARIANTS)
+def test_policy_only_engine_is_hf_greedy_decoding(variant):
     """reward_model=None, k=1: the policy's plain greedy decode (the benchmark's baseline) == HF generate."""
-    policy, _ = models(family)
+    policy, _ = models(variant)
     ids, mask = prompts(LENGTHS, seed=4)
     plain = engine("static", policy, None, k=1, w=0.0, temperature=1.0)
     plain.prefill(ids.to(DEVICE), mask.to(DEVICE), STEPS)
@@ -183,7 +155,7 @@ def test_policy_only_engine_is_hf_greedy_decoding(family):
 
 
 def test_more_steps_than_sized_for_is_an_error():
-    policy, reward = models("gpt2")
+    policy, reward = models("gpt2-hd16")
     ids, mask = prompts([3, 2])
     sized = engine("static", policy, reward, k=2, w=1.0, temperature=1.0)
     sized.prefill(ids.to(DEVICE), mask.to(DEVICE), 2)
@@ -194,7 +166,7 @@ def test_more_steps_than_sized_for_is_an_error():
 
 
 def test_availability_reports_reasons():
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     options = registry.Options(2, 1.0, 1.0, None, 0)
     assert registry.unavailable_reason("static", registry.Models(policy, reward, "cached"), options) is None
     reason = registry.unavailable_reason("static", registry.Models(policy, policy, "cached"), options)
@@ -210,7 +182,7 @@ def test_availability_reports_reasons():
 @pytest.mark.parametrize("mode", ["greedy", "stochastic"])
 @pytest.mark.parametrize("new_tokens", [1, STEPS])   # 1: the capture warm-up must stay inside the caches
 def test_cuda_graph_replay_matches_eager(backend, mode, new_tokens):
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     skip_unless_available(backend, policy, reward)
     ids, mask = prompts(LENGTHS, seed=6)
     outs = []
@@ -228,7 +200,7 @@ def test_public_generate_matches_reference(backend, k, w, mode):
     """``args_fast.generate(backend=...)`` over k from 1 to the whole vocabulary and several w: the
     static backends as users call them, against the oracle, on a padded batch with staggered EOS."""
     import args_fast
-    policy, reward = models("llama", seed=1)
+    policy, reward = models("llama-gqa-hd16", seed=1)
     skip_unless_available(backend, policy, reward)
     ids, mask = prompts([4, 1, 6], seed=7)
     runs = {}
@@ -241,7 +213,7 @@ def test_public_generate_matches_reference(backend, k, w, mode):
 
 def test_explicit_static_backend_rejects_what_it_cannot_run():
     import args_fast
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     ids, _ = prompts([3])
     with pytest.raises(ValueError, match="backend='static' cannot run these models: it needs a causal"):
         args_fast.generate(policy, lambda p, r: [0.0] * len(p), ids, backend="static", tokenizer=object())
@@ -250,7 +222,7 @@ def test_explicit_static_backend_rejects_what_it_cannot_run():
 
 
 def test_auto_picks_hf_on_cpu_and_the_engine_is_built_once():
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     if DEVICE == "cpu":
         assert ARGSDecoder(policy, reward).backend == "hf"
     dec = ARGSDecoder(policy, reward, k=3, backend="static", max_new_tokens=4)
@@ -264,7 +236,7 @@ def test_auto_picks_hf_on_cpu_and_the_engine_is_built_once():
 
 @pytest.mark.parametrize("old,new", list(registry.ALIASES.items()))
 def test_old_backend_names_still_work_with_a_deprecation_warning(old, new):
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     with pytest.warns(DeprecationWarning, match=f"backend={old!r} is deprecated.*backend={new!r}"):
         try:
             dec = ARGSDecoder(policy, reward, k=3, backend=old)
@@ -275,7 +247,7 @@ def test_old_backend_names_still_work_with_a_deprecation_warning(old, new):
 
 
 def test_options_are_read_only_and_replace_builds_a_new_decoder():
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     dec = ARGSDecoder(policy, reward, k=3, w=1.0, backend="static", max_new_tokens=4)
     for name in ("k", "w", "mode", "temperature", "backend", "eos_token_id", "pad_token_id"):
         with pytest.raises(AttributeError):
@@ -290,7 +262,7 @@ def test_options_are_read_only_and_replace_builds_a_new_decoder():
 
 
 def test_a_passed_engine_must_have_the_decoders_options():
-    policy, reward = models("llama")
+    policy, reward = models("llama-gqa-hd16")
     with pytest.raises(ValueError, match="engine.w is 2.0 but the decoder's is 1.5"):
         decoder(policy, reward, "static", "greedy", eos=[], ready=engine("static", policy, reward, w=2.0))
     with pytest.raises(TypeError, match="engine must implement"):

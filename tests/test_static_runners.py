@@ -3,80 +3,21 @@
 float32 on CPU, tiny random-init configs of every supported variant, left-padded batches; logits and
 rewards must agree within 1e-4 for prefill, for decode steps and for the k-candidate reward pass.
 """
+import functools
+
 import pytest
 import torch
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig, MistralForCausalLM,
-                          MistralForSequenceClassification, OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
 
 from args_fast import ops
 from args_fast.backends.static_engine import sdpa_candidate_attention
 from args_fast.runners import static_runner, unsupported_reason
+from tiny_models import RUNNER_VARIANTS, make_model, padded_prompts, seed_of
 
-VOCAB, PAD = 80, 1
+VOCAB, CONTEXT = 80, 256
 ATOL = 1e-4
-_LLAMA = dict(hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
-              num_key_value_heads=2, max_position_embeddings=256)
-VARIANTS = {
-    "llama-gqa": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, _LLAMA),
-    "llama-linear-rope": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-                          dict(_LLAMA, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0})),
-    "llama3-rope-tied": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-                         dict(_LLAMA, tie_word_embeddings=True, rope_parameters={
-                             "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                             "original_max_position_embeddings": 16, "rope_theta": 500000.0})),
-    "llama-yarn-bias-mha": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-                            dict(_LLAMA, num_key_value_heads=6, attention_bias=True, mlp_bias=True, rope_parameters={
-                                "rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                "original_max_position_embeddings": 64})),
-    "llama-dynamic-rope": (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
-                           dict(_LLAMA, rope_parameters={"rope_type": "dynamic", "factor": 2.0, "rope_theta": 10000.0})),
-    "qwen2": (Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification, dict(_LLAMA, tie_word_embeddings=True)),
-    "mistral": (MistralConfig, MistralForCausalLM, MistralForSequenceClassification,
-                dict(_LLAMA, num_key_value_heads=3, head_dim=16, sliding_window=None)),
-    "opt-pre-ln": (OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
-                   dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                        max_position_embeddings=256, word_embed_proj_dim=32)),
-    "opt-post-ln-proj": (OPTConfig, OPTForCausalLM, OPTForSequenceClassification,  # OPT-350m's layout
-                         dict(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=4,
-                              max_position_embeddings=256, word_embed_proj_dim=24, do_layer_norm_before=False)),
-    "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2ForSequenceClassification,
-             dict(n_embd=32, n_layer=2, n_head=4, n_positions=256)),
-    "gpt2-inverse-layer-scale": (GPT2Config, GPT2LMHeadModel, GPT2ForSequenceClassification,
-                                 dict(n_embd=32, n_layer=3, n_head=2, n_positions=256,
-                                      scale_attn_by_inverse_layer_idx=True)),
-}
-
-
-def make(variant, role, seed):
-    config_cls, lm_cls, rm_cls, kw = VARIANTS[variant]
-    config = config_cls(vocab_size=VOCAB, pad_token_id=PAD, eos_token_id=2, bos_token_id=0,
-                        attn_implementation="eager", **kw)
-    if role == "reward":
-        config.num_labels = 1
-    torch.manual_seed(seed)
-    model = (rm_cls if role == "reward" else lm_cls)(config).eval()
-    with torch.no_grad():   # non-trivial norms, biases, score head and peaked attention, so a wrong mapping shows
-        for name, p in model.named_parameters():
-            if "norm" in name or "ln_" in name or name.endswith("bias"):
-                p.add_(torch.randn_like(p) * 0.3)
-            elif p.dim() == 2:   # HF's init (std 0.02) leaves attention almost uniform and RoPE invisible
-                p.normal_(0, 0.15)
-        if role == "reward":
-            model.score.weight.normal_(0, 1.0)
-    return model
-
-
-def prompts(lengths, seed):
-    g = torch.Generator().manual_seed(seed)
-    width = max(lengths)
-    ids = torch.full((len(lengths), width), PAD, dtype=torch.long)
-    mask = torch.zeros(len(lengths), width, dtype=torch.long)
-    for row, n in enumerate(lengths):
-        ids[row, width - n:] = torch.randint(3, VOCAB, (n,), generator=g)
-        mask[row, width - n:] = 1
-    return ids, mask
+# peaked init: non-trivial norms, biases, score head and attention, so a wrong mapping shows
+make = functools.partial(make_model, vocab=VOCAB, context=CONTEXT, attn="eager", peaked=True)
+prompts = functools.partial(padded_prompts, vocab=VOCAB)
 
 
 def hf_positions(mask):
@@ -93,7 +34,7 @@ def unpadded(ids, mask):
     return [row[m.bool()] for row, m in zip(ids, mask)]
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", RUNNER_VARIANTS)
 @torch.no_grad()
 def test_causal_lm_prefill_and_decode_match_hf(variant):
     hf = make(variant, "lm", seed=len(variant))
@@ -118,7 +59,7 @@ def test_causal_lm_prefill_and_decode_match_hf(variant):
         torch.testing.assert_close(got, want, rtol=0, atol=ATOL)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", RUNNER_VARIANTS)
 @torch.no_grad()
 def test_reward_candidates_and_commit_match_hf(variant):
     """k candidates per row in one pass == HF's reward of each context + candidate; after committing
@@ -159,7 +100,7 @@ def test_hf_sequence_classification_pooling_agrees():
 
 @pytest.mark.parametrize("hq,hkv,k", [(4, 4, 1), (6, 2, 5), (8, 1, 3)])
 def test_sdpa_candidate_attention_matches_reference(hq, hkv, k):
-    g = torch.Generator().manual_seed(hq * 10 + k)
+    g = torch.Generator().manual_seed(seed_of(hq * 10 + k))
     batch, slots, dim = 3, 17, 8
     q = torch.randn(batch, hq, k, dim, generator=g)
     kc, vc = torch.randn(2, batch, hkv, slots, dim, generator=g)
@@ -172,7 +113,7 @@ def test_sdpa_candidate_attention_matches_reference(hq, hkv, k):
 
 def test_select_commit_reference_is_select_then_commit():
     """ops.select_commit (the fused contract's reference) = select_candidates + commit_slots_, in place."""
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator().manual_seed(seed_of(0))
     batch, k, layers, heads, slots, dim = 4, 3, 2, 2, 9, 4
     logits, rewards, u = torch.randn(batch, k, generator=g), torch.randn(batch, k, generator=g), torch.rand(batch, k, generator=g)
     ids = torch.randint(0, 50, (batch, k), generator=g)
@@ -199,12 +140,8 @@ def test_unsupported_models_are_refused_with_a_reason():
         static_runner(rm, "lm")
     bert_like = torch.nn.Linear(2, 2)
     assert "model_type" in unsupported_reason(bert_like, "lm")
-    config_cls, lm_cls, _, kw = VARIANTS["mistral"]
-    windowed = lm_cls(config_cls(vocab_size=VOCAB, **dict(kw, sliding_window=8))).eval()
-    model = static_runner(windowed, "lm")
-    model.new_cache(2, 8)
-    with pytest.raises(ValueError, match="sliding-window"):
-        model.new_cache(2, 9)
+    # sliding windows: the runner does not apply them; ARGSDecoder refuses requests longer than the
+    # window on the backends that run it (tests/test_input_errors.py)
 
 
 def test_runner_shares_the_hf_weights():

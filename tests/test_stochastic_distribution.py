@@ -1,4 +1,5 @@
-"""ARGS-stochastic draws from softmax(score / T) over the top-k: a chi-square test on fixed seeds."""
+"""ARGS-stochastic draws from softmax(score / T) over the top-k: a chi-square test on fixed seeds
+(``ARGS_FAST_TEST_SEED`` shifts the sampling seeds; the models stay fixed)."""
 import pytest
 import torch
 from scipy.stats import chi2
@@ -6,7 +7,7 @@ from scipy.stats import chi2
 import args_fast
 from args_fast.backends.reference import ReferencePolicy, ReferenceReward
 from args_fast.ops import args_scores
-from tiny_models import make_policy, make_reward, padded_prompts
+from tiny_models import make_policy, make_reward, padded_prompts, seed_of
 
 K, W, T = 6, 0.2, 0.7
 
@@ -20,7 +21,7 @@ def _expected(policy, reward, ids, temperature):
     return top_ids[0], probs
 
 
-def _counts(policy, reward, ids, backend, rows=500, seeds=(11, 12, 13, 14)):
+def _counts(policy, reward, ids, backend, rows=500, seeds=tuple(seed_of(s) for s in (11, 12, 13, 14))):
     """First generated token of `rows` copies of one prompt per call: each row is an independent draw."""
     batch = ids.expand(rows, -1)
     firsts = []

@@ -60,7 +60,7 @@ def test_reward_model_with_own_tokenizer():
 def test_reward_length_mismatch_is_an_error():
     policy, tok = make_policy("llama", 86), make_tokenizer()
     ids, mask = padded_prompts([3], seed=87)
-    with pytest.raises(ValueError, match="reward returned"):
+    with pytest.raises(ValueError, match="the reward callable must return"):
         args_fast.generate(policy, lambda p, r: [0.0], ids, mask, k=3, max_new_tokens=2, tokenizer=tok)
 
 

@@ -153,7 +153,7 @@ def _ca_launches(ca, torch, cfg):
     dtype = getattr(torch, dtype)
     batch, hkv, slots, layers = 2, 2, 64 + k, 3
     hq = hkv * group
-    # as the native model passes them: q is (B, T, Hq, D) storage seen as (B, Hq, T, D); the caches
+    # as the static runner passes them: q is (B, T, Hq, D) storage seen as (B, Hq, T, D); the caches
     # are one layer of (layers, B, Hkv, S, D); the prefix window is int64.
     q = torch.zeros(batch, k, hq, dim, dtype=dtype).transpose(1, 2)
     k_cache = torch.zeros(layers, batch, hkv, slots, dim, dtype=dtype)[1]

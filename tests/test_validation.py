@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import args_fast
-from tiny_models import VOCAB, make_policy, make_reward, padded_prompts
+from tiny_models import VOCAB, make_model, make_policy, make_reward, padded_prompts
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,7 @@ def test_bad_reward_models(models, prompt):
         args_fast.generate(policy, make_policy("llama", 75), *prompt)
     with pytest.raises(TypeError, match="reward_model must be"):
         args_fast.generate(policy, 3.0, *prompt)
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-    other = LlamaForSequenceClassification(LlamaConfig(vocab_size=VOCAB + 5, hidden_size=16, intermediate_size=32,
-                                                       num_hidden_layers=1, num_attention_heads=2, num_labels=1))
+    other = make_model("llama-mini", "reward", 78, vocab=VOCAB + 5)   # another vocabulary than the policy's
     with pytest.raises(ValueError, match="vocabulary"):
         args_fast.generate(policy, other, *prompt)
     with pytest.raises(ValueError, match="tokenizer"):

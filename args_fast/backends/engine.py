@@ -28,6 +28,10 @@ class Engine(Protocol):
     temperature: float
     eos_ids: list[int] | None
     pad_id: int
+    # (B,) bool after each step: rows still running whose k candidate rewards included NaN or +-inf.
+    # The decoder turns it into an error naming the step and rows (a reward that cannot rank the
+    # candidates must not silently decide the token).
+    nonfinite: torch.Tensor
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, max_new_tokens: int) -> None:
         """Left-padded prompts ``(B, P)`` in; caches sized for ``P + max_new_tokens`` (+ k slots)."""
@@ -68,6 +72,7 @@ class ComposedEngine:
         self.policy, self.reward, self.topk, self.select = policy, reward, topk, select
         self.k, self.w, self.temperature, self.pad_id = k, w, temperature, pad_id
         self.eos_ids = eos_ids
+        self.nonfinite = torch.zeros(0, dtype=torch.bool)
 
     def prefill(self, input_ids, attention_mask, max_new_tokens):
         self.logits = self.policy.prefill(input_ids, attention_mask, max_new_tokens)
@@ -79,6 +84,7 @@ class ComposedEngine:
     def step(self, uniforms, last: bool = False):
         top_logits, top_ids = self.topk(self.logits, self.k)
         rewards = self.reward.score(top_ids).to(top_logits.device)
+        self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished
         choice, token, chosen_reward, self.finished = self.select(
             top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)
         if not last:

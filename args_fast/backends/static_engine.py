@@ -72,15 +72,18 @@ def _triton_kernels(device: torch.device, head_dims: list[int], dtype: torch.dty
 
 
 def _static_ops(device, head_dims, dtype, k) -> OpsTable:
-    attention = sdpa_candidate_attention if device.type == "cuda" else torch_ops.candidate_attention
+    cuda = device.type == "cuda"
+    attention = sdpa_candidate_attention if cuda else torch_ops.candidate_attention
     return OpsTable("static", attention, torch_ops.topk_logits, torch_ops.select_commit,
-                    "torch ops: SDPA attention on CUDA (the float32 reference on CPU), torch.topk, torch select + commit")
+                    f"torch ops: {'SDPA' if cuda else 'the float32 reference'} candidate attention, top-k, select + commit"
+                    f"{', one CUDA graph per step' if cuda else ''}")
 
 
 def _triton_ops(device, head_dims, dtype, k) -> OpsTable:
     kernels = _triton_kernels(device, head_dims, dtype)
+    how = "compiled" if device.type == "cuda" else "interpreted (TRITON_INTERPRET=1)"
     return OpsTable("static-triton", kernels.candidate_attention, torch_ops.topk_logits, kernels.select_commit,
-                    "Triton candidate attention + Triton select + commit; torch.topk")
+                    f"Triton candidate attention and select + commit, {how}; torch top-k")
 
 
 def _csrc_ops(device, head_dims, dtype, k) -> OpsTable:
@@ -130,6 +133,7 @@ class StaticEngine:
         self.use_graph, self.same_device = use_graph, same_device
         self.pcache = self.rcache = None
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.nonfinite = torch.zeros(0, dtype=torch.bool, device=self.device)
 
     # -------------------------------------------------------------------------------- state
     def allocate(self, batch: int, slots: int):
@@ -149,6 +153,7 @@ class StaticEngine:
         self.uniforms = torch.zeros(batch, self.k, dtype=torch.float32, device=dev)
         self.token = torch.zeros(batch, dtype=torch.long, device=dev)              # static graph outputs
         self.chosen_reward = torch.zeros(batch, dtype=torch.float32, device=dev)
+        self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=dev)   # see the Engine contract
 
     def memory_bytes(self) -> dict[str, int]:
         return {"policy_kv": self.pcache.nbytes() if self.pcache else 0,
@@ -180,6 +185,7 @@ class StaticEngine:
         else:
             rdev = self.reward.device
             rewards = self.reward.outputs(self.reward.decode(top_ids.to(rdev), self.rcache, self.ops.attention))
+            self.nonfinite.copy_(~rewards.isfinite().all(-1).to(self.device) & ~self.finished)
             if self.same_device:
                 choice, token, reward = self.ops.select_commit(
                     top_logits, top_ids, rewards, uniforms, self.w, self.temperature, self.finished, self.eos,
@@ -201,7 +207,7 @@ class StaticEngine:
         """Warm up (compiles Triton kernels, initialises cuBLAS) on a side stream, restore the state the
         warm-up advanced, then capture. Warm-up writes to cache slots at or after each prefix end only,
         which the real step overwrites before reading."""
-        state = [self.logits, self.finished, self.pcache.prefix_end, self.token, self.chosen_reward]
+        state = [self.logits, self.finished, self.pcache.prefix_end, self.token, self.chosen_reward, self.nonfinite]
         if self.rcache is not None:
             state.append(self.rcache.prefix_end)
         saved = [t.clone() for t in state]

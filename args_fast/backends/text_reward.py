@@ -11,6 +11,28 @@ from typing import Callable, Sequence
 import torch
 
 
+def as_rewards(values, n: int) -> torch.Tensor:
+    """The ``n`` rewards a text reward returned, as float32; TypeError / ValueError saying what came back."""
+    what = f"the reward callable must return {n} numbers, one per (prompt, response) pair (a list, numpy array or tensor)"
+    if values is None or isinstance(values, (dict, str, bytes)) or not hasattr(values, "__iter__"):
+        raise TypeError(f"{what}, got {type(values).__name__}")
+    if type(values).__module__ == "numpy":   # an array: one conversion, not one per element
+        import numpy
+        values = torch.as_tensor(numpy.asarray(values, dtype=numpy.float64))
+    if not isinstance(values, torch.Tensor):
+        values = list(values)
+        bad = next((v for v in values if isinstance(v, (str, bytes, bool)) or v is None), False)
+        if bad is not False:
+            raise TypeError(f"{what}, got a {type(bad).__name__} among them: {bad!r}")
+    try:
+        rewards = torch.as_tensor(values, dtype=torch.float32).cpu()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"{what}: {exc}") from None
+    if rewards.shape != (n,):
+        raise ValueError(f"{what}, got shape {tuple(rewards.shape)}")
+    return rewards
+
+
 class TextReward:
     def __init__(self, reward_fn: Callable[[list[str], list[str]], Sequence[float]], tokenizer, device="cpu"):
         self.reward_fn, self.tokenizer, self.device = reward_fn, tokenizer, torch.device(device)
@@ -29,10 +51,7 @@ class TextReward:
         prompts = [p for p in self.prompts for _ in range(k)]
         values = self.reward_fn(prompts, texts)
         self.forward_calls += 1
-        rewards = torch.as_tensor(list(values), dtype=torch.float32)
-        if rewards.shape != (batch * k,):
-            raise ValueError(f"reward returned {tuple(rewards.shape)} values for {batch * k} (prompt, response) pairs")
-        return rewards.view(batch, k).to(self.device)
+        return as_rewards(values, batch * k).view(batch, k).to(self.device)
 
     def commit(self, choice, tokens):
         for row, token in zip(self.responses, tokens.cpu().tolist()):

@@ -40,26 +40,47 @@ def contrastive_unavailable() -> str | None:
     return None
 
 
+def available_methods() -> tuple[str, ...]:
+    """The methods that can run here, in :data:`METHODS` order: all but contrastive while
+    :func:`contrastive_unavailable` says why it cannot. ``--methods`` offers and accepts these."""
+    return tuple(m for m in METHODS if m != "contrastive" or not contrastive_unavailable())
+
+
 def make_methods(names, *, k: int, w: float, temperature: float, top_k: int = 40, top_p: float = 0.95,
-                 sample_temperature: float = 0.7) -> list[Method]:
+                 sample_temperature: float = 0.7, unavailable_ok: bool = False) -> list[Method]:
+    """The methods named (repeats dropped); ValueError for an unknown one, and for one that cannot run
+    here (contrastive, see :func:`contrastive_unavailable`) unless ``unavailable_ok``."""
+    names = list(dict.fromkeys(names))
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
-        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {','.join(names)!r}")
+        raise ValueError(f"--methods must be a comma-separated subset of {','.join(available_methods())}, "
+                         f"got {','.join(names)!r}")
+    if "contrastive" in names and not unavailable_ok and (reason := contrastive_unavailable()):
+        raise ValueError(f"--methods: contrastive cannot run here: {reason}")
     options = {"greedy": {}, "top-k": {"top_k": top_k, "temperature": sample_temperature},
                "nucleus": {"top_p": top_p, "temperature": 1.0}, "contrastive": {"penalty_alpha": 0.6, "top_k": 4},
                "args-greedy": {"k": k, "w": w}, "args-stochastic": {"k": k, "w": w, "temperature": temperature}}
     return [Method(n, options[n]) for n in names]
 
 
+def args_decoder(method: Method, policy, reward_model, tokenizer, *, max_new_tokens: int, eos_ids: list[int],
+                 pad_id: int, backend: str = "auto") -> ARGSDecoder:
+    """The decoder of an ARGS method: its engine (runners, ops, caches) then serves every batch."""
+    return ARGSDecoder(policy, reward_model, k=method.options["k"], w=method.options["w"],
+                       mode=method.name.removeprefix("args-"), temperature=method.options.get("temperature", 0.7),
+                       max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, backend=backend,
+                       tokenizer=tokenizer)
+
+
 @torch.no_grad()
 def run_batch(method: Method, policy, reward_model, tokenizer, input_ids, attention_mask, *, max_new_tokens: int,
-              eos_ids: list[int], pad_id: int, generator: torch.Generator, backend: str = "auto"):
-    """Generate for one batch; returns (continuation ids per row, ``[eos id]`` or ``[]`` per row)."""
+              eos_ids: list[int], pad_id: int, generator: torch.Generator, backend: str = "auto",
+              decoder: ARGSDecoder | None = None):
+    """Generate for one batch; returns (continuation ids per row, ``[eos id]`` or ``[]`` per row).
+    ARGS methods run on ``decoder`` when given (built once per method by the caller), else on a new one."""
     if method.is_args:
-        decoder = ARGSDecoder(policy, reward_model, k=method.options["k"], w=method.options["w"],
-                              mode=method.name.removeprefix("args-"),
-                              temperature=method.options.get("temperature", 0.7), max_new_tokens=max_new_tokens,
-                              eos_token_id=eos_ids, pad_token_id=pad_id, backend=backend, tokenizer=tokenizer)
+        decoder = decoder or args_decoder(method, policy, reward_model, tokenizer, max_new_tokens=max_new_tokens,
+                                          eos_ids=eos_ids, pad_id=pad_id, backend=backend)
         out = decoder.generate(input_ids, attention_mask, generator=generator)
         return cut_at_eos(out.sequences[:, input_ids.shape[1]:], eos_ids)
     if method.name == "contrastive":

@@ -19,69 +19,83 @@ import torch
 from tqdm import tqdm
 
 from . import metrics
-from .methods import METHODS, Method, contrastive_unavailable, make_methods, run_batch
-from .prompts import PROMPTS_FILE, load_prompts, select
+from .methods import METHODS, Method, args_decoder, available_methods, contrastive_unavailable, make_methods, run_batch
+from .prompts import PROMPTS_FILE, select
+from ..cli import (check_model_dir, finite_float, int_at_least, load_user_models, positive_int, read_user_text,
+                   run_command, seed_int, text_lines, weight_float, DefaultsHelpFormatter)
 from ..decoder import BACKENDS, encode_prompts
-from ..models import load_models
 
 
 # --------------------------------------------------------------------------------------- arguments
-def _int_at_least(name, low):
-    """argparse type: an int >= ``low``; the error names the option and the allowed range."""
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{name} must be an integer >= {low}, got {value}")
-        return value
-    return parse
-
-
-def _positive_int(name):
-    return _int_at_least(name, 1)
-
-
-def _finite_float(name, positive=False):
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
-        if value != value or value in (float("inf"), float("-inf")) or (positive and value <= 0):
-            raise argparse.ArgumentTypeError(f"{name} must be a finite number{' > 0' if positive else ''}, got {text}")
-        return value
-    return parse
-
-
 def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, offset: int, max_new_tokens: int,
                          out_dir: str):
-    parser.add_argument("--num-prompts", type=_positive_int("--num-prompts"), default=num_prompts,
+    parser.add_argument("--num-prompts", type=positive_int("--num-prompts"), default=num_prompts,
                         help=f"prompts to run, from --offset in the bundled held-out set (default {num_prompts})")
-    parser.add_argument("--offset", type=_int_at_least("--offset", 0), default=offset, help=f"first prompt index (default {offset})")
-    parser.add_argument("--batch-size", type=_positive_int("--batch-size"), default=8, help="prompts per batch (default 8)")
-    parser.add_argument("--max-new-tokens", type=_positive_int("--max-new-tokens"), default=max_new_tokens,
+    parser.add_argument("--offset", type=int_at_least("--offset", 0), default=offset,
+                        help=f"first prompt index (default {offset})")
+    parser.add_argument("--batch-size", type=positive_int("--batch-size"), default=8, help="prompts per batch (default 8)")
+    parser.add_argument("--max-new-tokens", type=positive_int("--max-new-tokens"), default=max_new_tokens,
                         help=f"tokens generated per prompt at most (default {max_new_tokens})")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every sampling method (default 0)")
+    parser.add_argument("--seed", type=seed_int(), default=0, help="seed of every sampling method (default 0)")
     parser.add_argument("--out-dir", default=out_dir, help=f"where results go (default {out_dir})")
     parser.add_argument("--policy", help="local path of a causal LM and its tokenizer (default: the default policy)")
     parser.add_argument("--reward-model", help="local path of a 1-label *ForSequenceClassification sharing the "
                                                "policy's tokenizer (default: the default reward model)")
-    parser.add_argument("--prompts", default=str(PROMPTS_FILE), help="prompt JSONL (default: the bundled held-out set)")
+    parser.add_argument("--prompts", default=str(PROMPTS_FILE),
+                        help="prompt JSONL, UTF-8, one record with \"id\" and \"prompt\" per line "
+                             "(default: the bundled held-out set)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="ARGS backend (default auto)")
-    parser.add_argument("--threads", type=_positive_int("--threads"), help="torch CPU threads (default: torch's)")
+    parser.add_argument("--threads", type=positive_int("--threads"), help="torch CPU threads (default: torch's)")
 
 
 def add_eval_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     add_common_arguments(parser, num_prompts=100, offset=0, max_new_tokens=64, out_dir="results/eval")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)} (default: all)")
-    parser.add_argument("--k", type=_positive_int("--k"), default=10, help="ARGS top-k candidates (default 10)")
-    parser.add_argument("--w", type=_finite_float("--w"), default=1.0, help="ARGS reward weight (default 1.0)")
-    parser.add_argument("--temperature", type=_finite_float("--temperature", positive=True), default=0.7,
+    offered = ",".join(available_methods())
+    parser.add_argument("--methods", default=offered,
+                        help=f"comma-separated subset of {offered} (default: all of them)")
+    parser.add_argument("--k", type=positive_int("--k"), default=10,
+                        help="ARGS top-k candidates, at most the policy's vocabulary (default 10)")
+    parser.add_argument("--w", type=weight_float("--w"), default=1.0, help="ARGS reward weight (default 1.0)")
+    parser.add_argument("--temperature", type=finite_float("--temperature", positive=True), default=0.7,
                         help="ARGS-stochastic temperature (default 0.7)")
     return parser
+
+
+def read_prompt_records(flag: str, path: str) -> list[dict]:
+    """The prompt records (``id``, ``prompt``, ...) of the JSONL file the user named with ``flag``; lines
+    without a ``prompt`` (the metadata line) are skipped. Each way the file can be unusable (missing,
+    unreadable, not UTF-8, not JSON lines, no prompts) is a ValueError naming the flag and the file."""
+    records = []
+    for number, line in enumerate(text_lines(read_user_text(flag, path)), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{flag} {path}: line {number} is not JSON ({err.msg}, column {err.colno})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{flag} {path}: line {number} is not a JSON object")
+        if "prompt" not in record:
+            continue
+        if not isinstance(record["prompt"], str) or "id" not in record:
+            raise ValueError(f"{flag} {path}: line {number} needs a string \"prompt\" and an \"id\"")
+        records.append(record)
+    if not records:
+        raise ValueError(f"{flag} {path}: no prompt records in it (JSON lines with \"id\" and \"prompt\")")
+    return records
+
+
+def make_out_dir(flag: str, path: str) -> Path:
+    """``path`` created (with its parents) if needed; an OSError becomes a ValueError naming the flag."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ValueError(f"{flag} {path}: exists and is not a directory") from None
+    except OSError as err:
+        raise ValueError(f"{flag} {path}: cannot create it: {err.strerror or err}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: not writable")
+    return Path(path)
 
 
 # --------------------------------------------------------------------------------------- the evaluation
@@ -106,8 +120,12 @@ class Evaluation:
         if args.threads:
             torch.set_num_threads(args.threads)
         self.args, self.command = args, command
-        self.prompts = select(load_prompts(args.prompts), args.offset, args.num_prompts)
-        loaded = load_models(args.policy, args.reward_model)
+        # every user input is checked before the models load
+        self.prompts = select(read_prompt_records("--prompts", args.prompts), args.offset, args.num_prompts)
+        check_model_dir("--policy", args.policy)
+        check_model_dir("--reward-model", args.reward_model)
+        self.out_dir = make_out_dir("--out-dir", args.out_dir)
+        loaded = load_user_models(args.policy, args.reward_model)
         if loaded.reward_tokenizer is not None:
             raise ValueError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
                              "evaluation scores token ids with it, so it needs the policy's vocabulary")
@@ -122,8 +140,6 @@ class Evaluation:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = self.tokenizer.pad_token_id
         self.embedder = metrics.SentenceEmbedder()
-        self.out_dir = Path(args.out_dir)
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         # every batch is encoded once; the same batches feed every method
         self.batches = []
         for i in range(0, len(self.prompts), args.batch_size):
@@ -149,13 +165,17 @@ class Evaluation:
         """Run one method over all prompts; records with the official fields, without metrics yet."""
         label = label or method.name
         generator = torch.Generator().manual_seed(self.args.seed)
+        decoder = (args_decoder(method, self.policy, self.reward, self.tokenizer, max_new_tokens=self.args.max_new_tokens,
+                                eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend)
+                   if method.is_args else None)
         records = []
         with tqdm(total=len(self.prompts), desc=label, unit="prompt", file=sys.stderr) as bar:
             for chunk, ids, mask in self.batches:
                 start = time.perf_counter()
                 rows, stops = run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
                                           max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids,
-                                          pad_id=self.pad_id, generator=generator, backend=self.args.backend)
+                                          pad_id=self.pad_id, generator=generator, backend=self.args.backend,
+                                          decoder=decoder)
                 elapsed = (time.perf_counter() - start) / len(chunk)
                 # the reward scores prompt + continuation, with the EOS that ended it (the reward model
                 # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
@@ -268,8 +288,11 @@ def command_line(name: str) -> str:
 
 
 def run_eval(args) -> int:
-    methods = make_methods([m.strip() for m in args.methods.split(",") if m.strip()], k=args.k, w=args.w,
-                           temperature=args.temperature)
+    names = [m.strip() for m in args.methods.split(",") if m.strip()]
+    # the default list runs what can run here; the table still lists a method that cannot, saying why
+    default = args.methods == ",".join(available_methods())
+    methods = make_methods(METHODS if default else names, k=args.k, w=args.w, temperature=args.temperature,
+                           unavailable_ok=default)
     ev = Evaluation(args, getattr(args, "command", None) or command_line("eval"))
     if any(m.is_args for m in methods):
         ev.check_k([args.k])
@@ -298,8 +321,9 @@ def run_eval(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_eval_arguments(argparse.ArgumentParser(prog="args-fast eval", description=__doc__.split("\n")[0]))
-    return run_eval(parser.parse_args(argv))
+    parser = add_eval_arguments(argparse.ArgumentParser(prog="args-fast eval", description=__doc__.split("\n")[0],
+                                                        formatter_class=DefaultsHelpFormatter))
+    return run_command(parser.prog, run_eval, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

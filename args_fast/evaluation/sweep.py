@@ -12,6 +12,8 @@ import sys
 
 from . import metrics
 from .methods import Method
+from ..cli import DefaultsHelpFormatter, run_command
+from ..decoder import W_LIMIT
 from .run import (Evaluation, _fmt, add_common_arguments, command_line, read_jsonl, summarize, write_jsonl)
 
 PLOTTED = ("reward", "diversity", "coherence", "vader", "minilm_positivity")
@@ -22,8 +24,9 @@ def _float_list(text):
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = None
-    if not values or any(v != v or abs(v) == float("inf") for v in values):
-        raise argparse.ArgumentTypeError(f"--ws must be comma-separated finite numbers, got {text!r}")
+    if not values or any(v != v or abs(v) > W_LIMIT for v in values):
+        raise argparse.ArgumentTypeError(f"--ws must be comma-separated finite numbers in [-{W_LIMIT:g}, {W_LIMIT:g}], "
+                                         f"got {text!r}")
     return sorted(set(values))
 
 
@@ -42,7 +45,8 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     parser.add_argument("--ws", type=_float_list, default=_float_list("0,0.5,1,1.5,2,3,5"),
                         help="reward weights w (default 0,0.5,1,1.5,2,3,5)")
     parser.add_argument("--ks", type=_int_list, default=_int_list("5,10,20,40"), help="top-k sizes (default 5,10,20,40)")
-    parser.add_argument("--resume", action="store_true", help="reuse finished cells of an identical earlier run")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse finished cells of an identical earlier run (default: off, run every cell)")
     return parser
 
 
@@ -136,8 +140,9 @@ def run_sweep(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="args-fast sweep", description=__doc__.split("\n")[0]))
-    return run_sweep(parser.parse_args(argv))
+    parser = add_sweep_arguments(argparse.ArgumentParser(prog="args-fast sweep", description=__doc__.split("\n")[0],
+                                                         formatter_class=DefaultsHelpFormatter))
+    return run_command(parser.prog, run_sweep, parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -54,11 +54,10 @@ def _llama(model, is_reward):
     rotary = base.rotary_emb
     first = base.layers[0].self_attn
     head_dim = first.head_dim
-    window = config.sliding_window if family_uses_window(config) else None
     inv_freq = rotary.original_inv_freq if rotary.rope_type == "dynamic" else rotary.inv_freq
     spec = Spec(family=config.model_type, n_heads=config.num_attention_heads,
                 n_kv_heads=config.num_key_value_heads, head_dim=head_dim, inv_freq=inv_freq,
-                rope_scaling=float(rotary.attention_scaling), window=window)
+                rope_scaling=float(rotary.attention_scaling))
     blocks = []
     for i, layer in enumerate(base.layers):
         a, m = layer.self_attn, layer.mlp
@@ -67,14 +66,6 @@ def _llama(model, is_reward):
                             GatedMLP(m.gate_proj, m.up_proj, m.down_proj, ACT2FN[config.hidden_act]), a.scaling))
     head = model.score if is_reward else model.lm_head
     return StaticRunner(spec, base.embed_tokens, blocks, final_norm=base.norm, head=head, is_reward=is_reward)
-
-
-def family_uses_window(config) -> bool:
-    if getattr(config, "sliding_window", None) is None:
-        return False
-    if config.model_type == "mistral":
-        return True
-    return "sliding_attention" in (getattr(config, "layer_types", None) or [])
 
 
 def _opt(model, is_reward):

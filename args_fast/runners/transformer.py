@@ -39,7 +39,8 @@ class Spec:
     inv_freq: torch.Tensor | None = None   # RoPE (Llama family); None = learned positions
     rope_scaling: float = 1.0          # RoPE "attention factor" (yarn); 1.0 for default/linear/llama3
     position_offset: int = 0           # OPT's learned positions start at index 2
-    window: int | None = None          # sliding-window attention: only lengths within it are supported
+    # A sliding attention window is not applied: every token sees its whole prefix. ARGSDecoder refuses
+    # requests longer than a model's window (hf.sliding_window) on the backends that run this.
 
 
 class GatedMLP(nn.Module):   # Llama family: down(act(gate(x)) * up(x))
@@ -138,9 +139,6 @@ class StaticRunner(nn.Module):
 
     def new_cache(self, batch: int, slots: int) -> StaticKVCache:
         s = self.spec
-        if s.window is not None and slots > s.window:
-            raise ValueError(f"this {s.family} model uses sliding-window attention (window {s.window}); the static "
-                             f"runner supports only sequences within the window, {slots} slots requested")
         return StaticKVCache(self.n_layers, batch, s.n_kv_heads, slots, s.head_dim, dtype=self.dtype,
                              device=self.device)
 
