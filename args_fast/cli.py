@@ -190,6 +190,7 @@ def run_generate(args) -> int:
              dict(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature, backend=args.backend))]
     # both decoders first: each checks its options at construction, so a bad one fails before any decoding
     decoders = [(name, ARGSDecoder(policy, reward, **options, **common)) for name, options in runs]
+    print(f"backend: {decoders[-1][1].backend_description}", file=sys.stderr)   # what runs, in words
     results = []
     for name, decoder in decoders:
         generator = torch.Generator().manual_seed(args.seed)

@@ -45,3 +45,18 @@ def test_console_entry_point(saved):
                           "--backend", "reference"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "--- ARGS-greedy (k=10, w=1.0)" in out.stdout   # the CLI default w
+
+
+def test_generate_says_which_backend_and_ops_ran(saved, capsys):
+    """The old name `cuda` on a machine without CUDA runs the csrc CPU build: the CLI says so."""
+    from args_fast import csrc_ops
+    if not csrc_ops.available():
+        pytest.skip(csrc_ops.unavailable_reason())
+    argv = ["generate", "--policy", str(saved / "policy"), "--reward-model", str(saved / "reward"),
+            "--prompt", "hi", "--max-new-tokens", "2", "--k", "3"]
+    with pytest.warns(DeprecationWarning, match="backend='cuda' is deprecated"):
+        assert main(argv + ["--backend", "cuda"]) == 0
+    err = capsys.readouterr().err
+    assert "backend: static-csrc (csrc CPU select + commit and top-k" in err
+    assert main(argv + ["--backend", "hf"]) == 0
+    assert "backend: hf (the Hugging Face models' own forwards" in capsys.readouterr().err

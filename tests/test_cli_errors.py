@@ -37,13 +37,17 @@ def no_model_loading(monkeypatch):
     def refuse(*args, **kwargs):
         pytest.fail("loaded models before checking the user's inputs")
     monkeypatch.setattr(cli, "load_models", refuse)
+    monkeypatch.setattr("args_fast.evaluation.run.load_models", refuse, raising=False)
 
 
 def error_line(capsys, argv, code=2, loading=False) -> str:
     """Run ``main(argv)``, expect SystemExit(code) and return stderr, checked to be one line (after the
     progress line "loading models ..." with ``loading``, for errors found once the models are loaded)."""
-    with pytest.raises(SystemExit) as exc:
-        main(argv)
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+    except KeyboardInterrupt:   # left to propagate it would end the pytest session
+        pytest.fail("KeyboardInterrupt escaped main()")
     assert exc.value.code == code
     captured = capsys.readouterr()
     err = captured.err
@@ -251,8 +255,11 @@ def test_ctrl_c_while_loading_models(capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr(cli, "load_models", interrupted)
-    with pytest.raises(SystemExit) as exc:
-        main(["generate", "--prompt", "hi"])
+    try:
+        with pytest.raises(SystemExit) as exc:
+            main(["generate", "--prompt", "hi"])
+    except KeyboardInterrupt:
+        pytest.fail("KeyboardInterrupt escaped main()")
     assert exc.value.code == 130
     err = capsys.readouterr().err
     assert err.splitlines()[-1] == "args-fast generate: interrupted" and "Traceback" not in err
