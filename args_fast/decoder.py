@@ -26,6 +26,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy
 import torch
 
 from . import hf
@@ -48,23 +49,14 @@ W_LIMIT, T_MIN, T_MAX = 1e30, 1e-30, 1e30
 
 
 def _is_bool(value) -> bool:
-    return isinstance(value, (bool, np_bool_type())) or (
-        isinstance(value, torch.Tensor) and value.dtype == torch.bool)
-
-
-def np_bool_type():
-    try:
-        import numpy
-        return numpy.bool_
-    except ImportError:   # numpy is optional here
-        return bool
+    return isinstance(value, (bool, numpy.bool_)) or (isinstance(value, torch.Tensor) and value.dtype == torch.bool)
 
 
 def _scalar(value):
     """A Python number from an int / float, a numpy scalar or a one-element tensor; else the value as is."""
     if isinstance(value, torch.Tensor) and value.numel() == 1 and value.dim() <= 1:
         return value.item()
-    if hasattr(value, "item") and type(value).__module__ == "numpy" and getattr(value, "ndim", 1) == 0:
+    if isinstance(value, (numpy.generic, numpy.ndarray)) and value.ndim == 0:
         return value.item()
     return value
 
@@ -97,7 +89,7 @@ def _token_ids(name: str, value, vocab: int) -> list[int]:
     """One id or several (list, tuple, tensor, numpy array) as a list of ints in [0, vocab)."""
     if isinstance(value, torch.Tensor) and value.dim() == 1:
         value = value.tolist()
-    elif hasattr(value, "tolist") and type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1:
+    elif isinstance(value, numpy.ndarray) and value.ndim == 1:
         value = value.tolist()
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     return [as_int(name, i, 0, vocab - 1) for i in items]

@@ -5,17 +5,12 @@ import sys
 import pytest
 
 from args_fast.cli import main
-from tiny_models import make_policy, make_reward, make_tokenizer
+from tiny_models import make_tokenizer, save_models
 
 
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
-    root = tmp_path_factory.mktemp("models")
-    tok = make_tokenizer()
-    for name, model in (("policy", make_policy("llama", 91)), ("reward", make_reward("llama", 92))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    return root
+    return save_models(tmp_path_factory.mktemp("models"), make_tokenizer())
 
 
 def test_generate_side_by_side(saved, capsys, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 import args_fast.cli as cli
 from args_fast.cli import main
 from args_fast.evaluation import methods as eval_methods
-from tiny_models import VOCAB, make_chat_tokenizer, make_policy, make_reward
+from tiny_models import VOCAB, make_chat_tokenizer, save_models
 
 BIN = Path(sys.executable).parent
 COMMANDS = ("generate", "train-rm", "eval", "sweep")
@@ -23,12 +23,7 @@ COMMANDS = ("generate", "train-rm", "eval", "sweep")
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     """Tiny random policy / reward model (vocabulary VOCAB) with a chat tokenizer, saved."""
-    root = tmp_path_factory.mktemp("models")
-    tok = make_chat_tokenizer()
-    for name, model in (("policy", make_policy("llama", 91)), ("reward", make_reward("llama", 92))):
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-    return root
+    return save_models(tmp_path_factory.mktemp("models"), make_chat_tokenizer())
 
 
 @pytest.fixture

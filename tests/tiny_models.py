@@ -261,3 +261,12 @@ def make_chat_tokenizer():
                            additional_special_tokens=["<|im_start|>"])
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def save_models(root, tokenizer, policy_seed: int = 91, reward_seed: int = 92):
+    """A tiny Llama policy and reward model with ``tokenizer``, saved to ``root/policy`` and
+    ``root/reward`` (for command-line tests that load models from paths); returns ``root``."""
+    for name, model in (("policy", make_policy("llama", policy_seed)), ("reward", make_reward("llama", reward_seed))):
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root

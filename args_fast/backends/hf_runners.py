@@ -28,8 +28,7 @@ class _SlotRunner:
         out = forward(input_ids=input_ids, attention_mask=to_attention_mask(prefix_mask(attention_mask), self.model),
                       position_ids=positions_from_mask(attention_mask), past_key_values=self.cache, use_cache=True)
         self.cache.advance(prompt)
-        self.prefix_start = prompt - attention_mask.long().sum(-1)     # (B,) first real slot of each row
-        self.cache.storage.prefix_start.copy_(self.prefix_start)
+        self.cache.storage.prefix_start.copy_(prompt - attention_mask.long().sum(-1))   # first real slot per row
         self.next_pos = attention_mask.long().sum(-1)                  # (B,) position of the next token
         return out
 
