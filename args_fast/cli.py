@@ -118,6 +118,59 @@ def load_user_models(policy: str | None, reward_model: str | None, **kw):
         raise ValueError(f"could not load {' / '.join(f'{flag} {path}' for flag, path in named)}: {err}") from err
 
 
+def add_vocab_reward_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags for the vocabulary-level rewards (``args_fast.vocab_rewards``), instead of --reward-model."""
+    parser.add_argument("--implicit-reference", metavar="PATH",
+                        help="reward = the implicit DPO/AIHF reward beta * sum log(pi_policy / pi_ref) of the policy "
+                             "(the tuned model) against this reference causal LM (local path); instead of "
+                             "--reward-model (default: none)")
+    parser.add_argument("--token-reward", metavar="PATH",
+                        help="reward = GenARM-style token rewards: log-softmax of this autoregressive reward LM "
+                             "(local path), summed over the response; instead of --reward-model (default: none)")
+    parser.add_argument("--beta", type=finite_float("--beta", limit=W_LIMIT), default=1.0,
+                        help="beta of --implicit-reference")
+    parser.add_argument("--reward-scale", type=finite_float("--reward-scale", limit=W_LIMIT), default=1.0,
+                        help="scale of --token-reward's token rewards")
+
+
+def check_reward_flags(args) -> None:
+    """At most one reward source; the vocabulary-level ones need the policy's vocabulary (checked later)."""
+    given = [flag for flag, value in (("--reward-model", args.reward_model),
+                                      ("--implicit-reference", args.implicit_reference),
+                                      ("--token-reward", args.token_reward)) if value]
+    if len(given) > 1:
+        raise ValueError(f"give one reward source, not {' and '.join(given)}")
+    check_model_dir("--implicit-reference", args.implicit_reference)
+    check_model_dir("--token-reward", args.token_reward)
+
+
+def load_reward(args, loaded):
+    """The reward the flags ask for: ``loaded.reward`` (the default or --reward-model), or an
+    ImplicitReward / TokenReward on the causal LM at --implicit-reference / --token-reward."""
+    flag, path = (("--implicit-reference", args.implicit_reference) if args.implicit_reference else
+                  ("--token-reward", args.token_reward) if args.token_reward else (None, None))
+    if path is None:
+        return loaded.reward
+    from transformers import AutoModelForCausalLM
+
+    from .vocab_rewards import ImplicitReward, TokenReward
+    try:
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=next(loaded.policy.parameters()).dtype).eval()
+    except (OSError, ValueError) as err:
+        raise ValueError(f"could not load {flag} {path} as a causal LM: {str(err).splitlines()[0]}") from err
+    lm.to(loaded.policy.device)
+    if args.implicit_reference:
+        reward = ImplicitReward(loaded.policy, lm, args.beta)
+    else:   # summed, so the reward printed for a response is the whole response's
+        reward = TokenReward(lm, scale=args.reward_scale, cumulative=True)
+    try:
+        reward.check(loaded.policy)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{flag} {path}: {err}") from None
+    loaded.names["reward_model"] = f"{reward.describe()} ({flag} {path})"
+    return reward
+
+
 def read_user_text(flag: str, path: str) -> str:
     """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); every way it can
     fail (missing, a directory, unreadable, not UTF-8) is a ValueError naming the flag and the file."""
@@ -176,9 +229,11 @@ def run_generate(args) -> int:
     prompts = _read_prompts(args)
     check_model_dir("--policy", args.policy)
     check_model_dir("--reward-model", args.reward_model)
+    check_reward_flags(args)
     print("loading models ...", file=sys.stderr)
     loaded = load_user_models(args.policy, args.reward_model)
-    policy, tokenizer, reward, reward_tokenizer = loaded.policy, loaded.tokenizer, loaded.reward, loaded.reward_tokenizer
+    policy, tokenizer, reward_tokenizer = loaded.policy, loaded.tokenizer, loaded.reward_tokenizer
+    reward = load_reward(args, loaded)
     vocab = policy.get_output_embeddings().out_features
     if args.k > vocab:
         raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {args.k}")
@@ -245,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                                             "(default: the embedded args_fast reward model)")
     gen.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                      help="wrap prompts as a user turn (auto: when the tokenizer has a template)")
+    add_vocab_reward_arguments(gen)
     gen.set_defaults(func=run_generate)
     _add_optional_commands(sub)
     return parser

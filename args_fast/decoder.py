@@ -115,10 +115,17 @@ class ARGSDecoder:
     """Holds a policy, a reward, the ARGS options and the engine of one backend; ``generate`` runs the
     decoding loop.
 
-    ``reward_model`` is a Hugging Face ``*ForSequenceClassification`` with one label sharing the
-    policy's vocabulary (fast, prefix-cached path), or a model with its own ``reward_tokenizer``, or
-    any callable ``reward(prompts: list[str], responses: list[str]) -> floats`` (text path; needs
-    ``tokenizer``).
+    ``reward_model`` is one of:
+
+    * a :class:`~args_fast.reward_head.RewardHead` on the policy, or a one-label
+      ``*ForSequenceClassification`` whose backbone is the policy's own tensors: the fused step, one
+      policy pass per token (``reward_kind == "head"``);
+    * an :class:`~args_fast.vocab_rewards.ImplicitReward` or :class:`~args_fast.vocab_rewards.TokenReward`:
+      token rewards over the vocabulary, no candidate pass (``"vocab"``);
+    * a Hugging Face ``*ForSequenceClassification`` with one label sharing the policy's vocabulary
+      (prefix-cached path, ``"cached"``);
+    * a model with its own ``reward_tokenizer``, or any callable
+      ``reward(prompts: list[str], responses: list[str]) -> floats`` (text path; needs ``tokenizer``).
 
     The options are fixed at construction (read-only attributes): the engine is built for them once,
     with its runners, ops and caches, and reused by every call. ``decoder.replace(w=2.0)`` returns a
@@ -153,7 +160,7 @@ class ARGSDecoder:
         self._k, self._w, self._mode, self._temperature = k, w, mode, temperature
         self.max_new_tokens = max_new_tokens
         backend = registry.canonical_name(backend)
-        self.reward_kind = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
+        self.reward_kind, engine_reward = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
         gen = getattr(policy, "generation_config", None)
         # None: the policy's generation_config decides; [] (or a config without one): never stop early.
         self._eos = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None),
@@ -171,7 +178,7 @@ class ARGSDecoder:
             self._engine = self._check_engine(engine, options, check_temperature=mode == "stochastic")
             self._backend = "custom"
         else:
-            models = registry.Models(policy, reward_model, self.reward_kind, tokenizer, reward_tokenizer)
+            models = registry.Models(policy, engine_reward, self.reward_kind, tokenizer, reward_tokenizer)
             if backend == "auto":
                 self._backend, self._engine = registry.choose(models, options)
             else:
@@ -196,7 +203,27 @@ class ARGSDecoder:
             return f"custom engine {type(self._engine).__name__}"
         ops = getattr(self._engine, "ops", None)
         detail = getattr(ops, "description", "") or registry.BACKENDS[self._backend].summary
-        return f"{self._backend} ({detail})"
+        return f"{self._backend} ({detail}); reward: {self.reward_path}"
+
+    @property
+    def reward_path(self) -> str:
+        """How the reward is computed, in words (the CLI prints it)."""
+        if self.reward_kind == "head":
+            head = self._engine_reward_description()
+            if self._backend == "reference":
+                return f"{head}, computed the literal way (a full forward of every candidate sequence)"
+            return f"fused: {head}, one policy pass per token over the k candidates"
+        if self.reward_kind == "vocab":
+            return self.reward_model.describe()
+        if self.reward_kind == "cached":
+            return "a separate reward model: one policy decode plus one reward pass over the k candidates per token"
+        return "text reward: candidates decoded and scored as text"
+
+    def _engine_reward_description(self) -> str:
+        from .reward_head import RewardHead
+        if isinstance(self.reward_model, RewardHead):
+            return self.reward_model.describe()
+        return "the reward model's score head on the policy's own (shared) backbone"
 
     def replace(self, **changes) -> "ARGSDecoder":
         """A new decoder on the same models with some options changed, e.g. ``decoder.replace(w=2.0)``."""
@@ -222,7 +249,26 @@ class ARGSDecoder:
                                  "the decoder's options")
         return engine
 
-    def _classify_reward(self, reward_model, reward_tokenizer, tokenizer) -> str:
+    def _classify_reward(self, reward_model, reward_tokenizer, tokenizer) -> tuple[str, object]:
+        """(kind, what the engine gets): "head" (a RewardHead, given or read off a score model on the
+        policy's own backbone), "vocab" (token rewards over the vocabulary), "cached" (a separate score
+        model on the policy's vocabulary) or "text"; see ``registry.Models``."""
+        from .reward_head import RewardHead, shares_backbone
+        from .vocab_rewards import VocabReward
+        if isinstance(reward_model, RewardHead):
+            if reward_model.policy is not self.policy:
+                raise ValueError("reward_model is a RewardHead on another model than this policy; build it on the "
+                                 "policy passed here")
+            return "head", reward_model
+        if isinstance(reward_model, VocabReward):
+            reward_model.check(self.policy)
+            return "vocab", reward_model
+        if reward_tokenizer is None and shares_backbone(self.policy, reward_model):
+            # the reward model's backbone is the policy's own tensors: score with one pass of the policy
+            return "head", RewardHead.from_reward_model(self.policy, reward_model)
+        return self._classify_separate_reward(reward_model, reward_tokenizer, tokenizer), reward_model
+
+    def _classify_separate_reward(self, reward_model, reward_tokenizer, tokenizer) -> str:
         # A Hugging Face model is a score model; any other callable (a function, or an nn.Module of
         # the user's with forward(prompts, responses)) is a text reward.
         if isinstance(reward_model, torch.nn.Module) and not hf.is_hf_model(reward_model) \
@@ -282,24 +328,31 @@ class ARGSDecoder:
             raise ValueError(f"input_ids must be token ids in [0, {self.vocab})")
         max_new_tokens = as_int("max_new_tokens", max_new_tokens, 0)
         need = int(lengths.max()) + max_new_tokens
+        models = self._token_models()
         if self._backend != "reference":
             # the hf and static backends attend over the whole context; only the reference backend runs
             # the models' own attention, which honours a sliding window
-            cached = [("policy", self.policy)] + ([("reward_model", self.reward_model)] if self.reward_kind == "cached" else [])
-            for name, model in cached:
+            for name, model in models:
                 window = hf.sliding_window(model.config)
                 if window is not None and need > window:
                     raise ValueError(f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
                                      f"exceeds the {name}'s sliding attention window of {window} tokens, which backend "
                                      f"{self._backend!r} does not apply; use backend='reference' (the models' own "
                                      "attention) or a shorter request")
-        models = [("policy", self.policy)] + ([("reward_model", self.reward_model)] if self.reward_kind == "cached" else [])
         for name, model in models:
             limit = hf.context_length(model.config)
             if limit is not None and need > limit:
                 raise ValueError(f"prompt ({int(lengths.max())} tokens) + max_new_tokens ({max_new_tokens}) = {need} "
                                  f"exceeds the {name}'s context of {limit} positions")
         return attention_mask, max_new_tokens
+
+    def _token_models(self) -> list[tuple[str, torch.nn.Module]]:
+        """The models that read the policy's token ids (their context limits apply to a request)."""
+        if self.reward_kind == "cached":
+            return [("policy", self.policy), ("reward_model", self.reward_model)]
+        if self.reward_kind == "vocab":
+            return [("policy", self.policy)] + list(self.reward_model.extra_models())
+        return [("policy", self.policy)]
 
     def _pad(self) -> int:
         return self._pad_token_id if self._pad_token_id is not None else 0

@@ -164,8 +164,12 @@ def reward_metadata() -> dict:
     return json.loads(REWARD_META.read_text())
 
 
-def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.float32):
-    """A ``LlamaForSequenceClassification`` (num_labels=1) = backbone from ``backbone_dir`` + ``score``."""
+def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.float32, backbone=None):
+    """A ``LlamaForSequenceClassification`` (num_labels=1) = backbone from ``backbone_dir`` + ``score``.
+
+    With ``backbone`` (the policy's ``LlamaModel``, loaded from the same directory) the reward model
+    uses that module itself: one copy of the weights in memory, and ARGS recognises the shared backbone
+    and scores candidates in the policy's own pass (``args_fast.reward_head``)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, LlamaForSequenceClassification
 
@@ -174,24 +178,44 @@ def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.flo
     config.pad_token_id = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
     if score_weight.shape != (1, config.hidden_size):
         raise ValueError(f"score weight must have shape (1, {config.hidden_size}), got {tuple(score_weight.shape)}")
+    config._attn_implementation = "sdpa"
+    if backbone is not None:
+        with torch.device("meta"):   # no throw-away random backbone: the policy's is put in its place
+            model = LlamaForSequenceClassification(config)
+        model.model = backbone
+        model.score = torch.nn.Linear(config.hidden_size, 1, bias=False, dtype=dtype,
+                                      device=next(backbone.parameters()).device)
+        with torch.no_grad():
+            model.score.weight.copy_(score_weight)
+        return model.eval()
     state = {k: v for k, v in load_file(str(Path(backbone_dir) / "model.safetensors")).items()
              if k.startswith("model.")}
     state["score.weight"] = score_weight.to(torch.float32)
-    config._attn_implementation = "sdpa"
     model = LlamaForSequenceClassification(config)
     model.load_state_dict(state, strict=True)
     return model.to(dtype).eval()
 
 
-def load_default_reward(dtype=torch.float32, cache_dir=None):
+def load_default_reward(dtype=torch.float32, cache_dir=None, policy=None):
     """Our trained reward model: SmolLM2-135M backbone + the shipped ``score`` row (see reward_model.json).
 
-    Shares the policy's tokenizer/vocabulary; input is the chat-templated prompt + the response so far."""
+    Shares the policy's tokenizer/vocabulary; input is the chat-templated prompt + the response so far.
+    With ``policy`` (the default policy, from :func:`load_default_policy`) the reward model runs on the
+    policy's own backbone module instead of a second copy: one backbone in memory, and ARGS runs the
+    fused one-pass-per-token step."""
     _check_dtype(dtype)
+    if policy is not None:
+        if Path(str(getattr(policy.config, "_name_or_path", ""))).name != POLICY_NAME:
+            raise ValueError("policy must be the default policy (load_default_policy) to share its backbone, "
+                             f"got {getattr(policy.config, '_name_or_path', type(policy).__name__)!r}")
+        if next(policy.parameters()).dtype != dtype:
+            raise ValueError(f"policy is {next(policy.parameters()).dtype} but dtype is {dtype}: they must match to "
+                             "share the backbone")
     from safetensors.torch import load_file
 
     meta = reward_metadata()
     if meta.get("backbone") != POLICY_NAME:
         raise RuntimeError(f"shipped reward head was trained on {meta.get('backbone')!r}, not {POLICY_NAME!r}")
     weight = load_file(str(REWARD_WEIGHTS))["score.weight"]
-    return build_reward_model(policy_dir(cache_dir), weight, dtype)
+    return build_reward_model(policy_dir(cache_dir), weight, dtype,
+                              backbone=None if policy is None else policy.base_model)

@@ -74,3 +74,13 @@ def to_attention_mask(visible: torch.Tensor, model) -> torch.Tensor:
 def reward_of_hidden(reward_model, hidden: torch.Tensor) -> torch.Tensor:
     """The score head on final hidden states: (..., H) -> (...) float32."""
     return reward_model.score(hidden).squeeze(-1).float()
+
+
+def head_dim(config) -> int:
+    """The attention head dim of a decoder config (explicit ``head_dim``, else hidden / heads)."""
+    explicit = getattr(config, "head_dim", None)
+    if isinstance(explicit, int) and explicit > 0:
+        return explicit
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+    return hidden // heads

@@ -30,8 +30,8 @@ def load_models(policy_path: str | None = None, reward_path: str | None = None, 
         policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype).eval()
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
     reward_tokenizer = None
-    if reward_path is None:
-        reward = default_models.load_default_reward(dtype=dtype)
+    if reward_path is None:   # on the default policy: one backbone in memory, shared (the fused ARGS step)
+        reward = default_models.load_default_reward(dtype=dtype, policy=policy if policy_path is None else None)
     else:
         reward = AutoModelForSequenceClassification.from_pretrained(reward_path, dtype=dtype).eval()
         if reward.config.vocab_size != policy.config.vocab_size:   # another vocabulary: score through text

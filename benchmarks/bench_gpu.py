@@ -11,6 +11,11 @@ For every (model, batch B, prompt length P, k) it times, after one warm-up run:
 * ARGS, greedy mode, w = 1, through each backend's engine: ``reference`` (slow oracle; only on the
   points of --reference-points, with --reference-tokens new tokens), ``hf`` (HF forwards + slot cache),
   ``static`` (static runners, torch ops, CUDA graph), ``static-triton`` and ``static-csrc`` (when they load);
+* the fused ARGS step (``fused-<backend>``): the reward model's score row as a ``RewardHead`` on the
+  policy's own backbone, so the policy scores its own k candidates: one model, one pass per token;
+* ``implicit-<backend>``: ARGS with ``ImplicitReward(policy, reference)``, the policy being the tuned
+  model and the reference a second random LM of its shape: one extra decode per token, no k-candidate
+  pass (the static ones run eagerly, without a CUDA graph);
 * the policy's plain greedy decode through the static engine with no reward model (``greedy``,
   once per (B, P), best ops available) and Hugging Face ``generate`` (``hf-generate``, greedy).
 
@@ -39,6 +44,10 @@ import torch  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ARGS_BACKENDS = ("reference", "hf", "static", "static-triton", "static-csrc")
+# the same backends with the reward as a head on the policy's own backbone (RewardHead): one pass per token
+FUSED_BACKENDS = ("fused-hf", "fused-static", "fused-static-triton", "fused-static-csrc")
+# vocabulary-level: ImplicitReward(policy, reference LM of the same shape), no candidate pass
+IMPLICIT_BACKENDS = ("implicit-hf", "implicit-static", "implicit-static-csrc")
 BASELINES = ("greedy", "hf-generate")
 
 
@@ -83,8 +92,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt", type=ints, default=None, help="default 128,1024 (dry run: 8)")
     p.add_argument("--k", type=ints, default=None, help="default 4,10,40 (dry run: 2,3)")
     p.add_argument("--new-tokens", type=int, default=None, help="default 128 (dry run: 4)")
-    p.add_argument("--backends", type=names, default=list(ARGS_BACKENDS + BASELINES),
-                   help=f"any of {ARGS_BACKENDS + BASELINES}")
+    p.add_argument("--backends", type=names, default=list(ARGS_BACKENDS + FUSED_BACKENDS + IMPLICIT_BACKENDS + BASELINES),
+                   help=f"any of {ARGS_BACKENDS + FUSED_BACKENDS + IMPLICIT_BACKENDS + BASELINES}")
     p.add_argument("--reference-points", default=None,
                    help="B:P:k points (comma separated) where the slow reference backend runs, 'all' or 'none' "
                         "(default 1:128:4; dry run: 2:8:3)")
@@ -95,9 +104,9 @@ def parse_args(argv=None):
     p.add_argument("--dry-run-cpu", action="store_true",
                    help="tiny models, float32, on CPU (Triton under its interpreter): checks the script, not speed")
     args = p.parse_args(argv)
-    bad = [b for b in args.backends if b not in ARGS_BACKENDS + BASELINES]
+    bad = [b for b in args.backends if b not in ARGS_BACKENDS + FUSED_BACKENDS + IMPLICIT_BACKENDS + BASELINES]
     if bad:
-        p.error(f"unknown backends {bad}; choose from {ARGS_BACKENDS + BASELINES}")
+        p.error(f"unknown backends {bad}; choose from {ARGS_BACKENDS + FUSED_BACKENDS + IMPLICIT_BACKENDS + BASELINES}")
     defaults = (dict(batch=[2], prompt=[8], k=[3], new_tokens=3, reference_points="2:8:3", repeats=1) if args.dry_run_cpu
                 else dict(batch=[1, 8, 32], prompt=[128, 1024], k=[4, 10, 40], new_tokens=128,
                           reference_points="1:128:4", repeats=3))
@@ -156,7 +165,7 @@ def kv_bytes_per_slot(model, batch: int) -> int:
     return 2 * layers * batch * heads * head_dim * next(model.parameters()).element_size()
 
 
-def build_models(name, tiny, dtype, device, vocab_reward_labels=1):
+def build_models(name, tiny, dtype, device, vocab_reward_labels=1, seed=0, lm_only=False):
     from transformers import LlamaForCausalLM, LlamaForSequenceClassification, OPTForCausalLM, OPTForSequenceClassification
     config_cls, kw = model_configs(tiny)[name]
     lm_cls, rm_cls = ((OPTForCausalLM, OPTForSequenceClassification) if config_cls.__name__ == "OPTConfig"
@@ -165,8 +174,10 @@ def build_models(name, tiny, dtype, device, vocab_reward_labels=1):
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):   # initialise directly on the device, in the benchmark dtype
-            torch.manual_seed(0)
+            torch.manual_seed(seed)
             policy = lm_cls(config_cls(pad_token_id=0, attn_implementation="sdpa", **kw)).eval()
+            if lm_only:
+                return policy, None
             torch.manual_seed(1)
             reward = rm_cls(config_cls(pad_token_id=0, num_labels=vocab_reward_labels, attn_implementation="sdpa",
                                        **kw)).eval()
@@ -235,15 +246,15 @@ def markdown(meta, rows) -> str:
              f"median of {meta['repeats']} timed runs after one warm-up; greedy ARGS, w = 1, no EOS, random "
              f"full-length prompts; ms/step excludes prefill. {meta['note']}", "",
              "| model | backend | B | prompt | k | new tokens | ms/step | tokens/s | prefill ms | peak GiB | "
-             "floor ms/step | x floor | speedup vs torch | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "floor ms/step | x floor | speedup vs torch | x greedy | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda v, f: "" if v is None else format(v, f)   # noqa: E731
     for r in rows:
         lines.append(f"| {r['model']} | {r['backend']} | {r['batch']} | {r['prompt']} | {fmt(r['k'], 'd')} | "
                      f"{r['new_tokens']} | {fmt(r.get('ms_per_step'), '.2f')} | {fmt(r.get('tokens_per_s'), '.1f')} | "
                      f"{fmt(r.get('prefill_ms'), '.1f')} | {fmt(r.get('peak_GiB'), '.2f')} | "
                      f"{fmt(r.get('floor_ms_per_step'), '.3f')} | {fmt(r.get('x_floor'), '.2f')} | "
-                     f"{fmt(r.get('speedup_vs_torch'), '.2f')} | {r.get('note', '')} |")
+                     f"{fmt(r.get('speedup_vs_torch'), '.2f')} | {fmt(r.get('x_greedy'), '.2f')} | {r.get('note', '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,6 +293,8 @@ def main(argv=None):
     from args_fast.backends import registry
     from args_fast.backends.static_engine import build_static_engine
     from args_fast.decoder import ARGSDecoder
+    from args_fast.reward_head import RewardHead
+    from args_fast.vocab_rewards import ImplicitReward
 
     device = torch.device("cpu" if args.dry_run_cpu else "cuda")
     dtype = getattr(torch, args.dtype)
@@ -302,13 +315,22 @@ def main(argv=None):
         if name not in model_configs(args.dry_run_cpu):
             sys.exit(f"unknown model {name!r}; choose from {list(model_configs(args.dry_run_cpu))}")
         policy, reward = build_models(name, args.dry_run_cpu, dtype, device)
+        head = RewardHead(policy, reward.score.weight.detach())
+        reference_lm = []
+
+        def implicit_reward():   # built on first use: at 7B it is another 13 GB
+            if not reference_lm:
+                reference_lm.append(build_models(name, args.dry_run_cpu, dtype, device, seed=2, lm_only=True)[0])
+            reward_ = ImplicitReward(policy, reference_lm[0], 1.0)
+            reward_.check(policy)
+            return reward_
         w_policy, w_reward = streamed_weight_bytes(policy), streamed_weight_bytes(reward)
         for batch in args.batch:
             for prompt in args.prompt:
                 g = torch.Generator(device="cpu").manual_seed(batch * 1000 + prompt)
                 ids = torch.randint(3, policy.config.vocab_size, (batch, prompt), generator=g).to(device)
                 mask = torch.ones_like(ids)
-                jobs = [(b, k) for k in args.k for b in args.backends if b in ARGS_BACKENDS]
+                jobs = [(b, k) for k in args.k for b in args.backends if b in ARGS_BACKENDS + FUSED_BACKENDS + IMPLICIT_BACKENDS]
                 jobs += [(b, None) for b in args.backends if b in BASELINES]
                 for backend, k in jobs:
                     steps = args.new_tokens
@@ -320,7 +342,12 @@ def main(argv=None):
                         steps = row["new_tokens"] = args.reference_tokens
                     kv_slots = prompt + steps / 2          # mean attended length over the decode
                     floor_bytes = w_policy + kv_bytes_per_slot(policy, batch) * kv_slots
-                    if k is not None:
+                    fused, implicit = backend in FUSED_BACKENDS, backend in IMPLICIT_BACKENDS
+                    if fused:     # one model; its cache also holds the k candidate slots
+                        floor_bytes += kv_bytes_per_slot(policy, batch) * k
+                    elif implicit:   # the reference LM's weights and cache, read once per token
+                        floor_bytes += w_policy + kv_bytes_per_slot(policy, batch) * kv_slots
+                    elif k is not None:
                         floor_bytes += w_reward + kv_bytes_per_slot(reward, batch) * (kv_slots + k)
                     row["floor_ms_per_step"] = 1e3 * floor_bytes / bandwidth
                     engine = None
@@ -342,9 +369,12 @@ def main(argv=None):
                                 engine.allocate(batch, prompt + steps)
                                 row["note"] = f"policy only, static engine with the {best} ops"
                             else:
-                                if backend.startswith("static"):
+                                name_, scorer, kind = ((backend[len("fused-"):], head, "head") if fused else
+                                                       (backend[len("implicit-"):], implicit_reward(), "vocab")
+                                                       if implicit else (backend, reward, "cached"))
+                                if name_.startswith("static"):
                                     reason = registry.unavailable_reason(
-                                        backend, registry.Models(policy, reward, "cached"),
+                                        name_, registry.Models(policy, scorer, kind),
                                         registry.Options(k=k, w=1.0, temperature=1.0, eos_ids=None, pad_id=0))
                                     if reason is not None:
                                         row["note"] = f"skipped: {reason}"
@@ -352,7 +382,7 @@ def main(argv=None):
                                         print(f"{name} {backend} B={batch} P={prompt} k={k}: skipped ({reason})",
                                               flush=True)
                                         continue
-                                engine = args_engine(backend, policy, reward, k=k, max_new_tokens=steps,
+                                engine = args_engine(name_, policy, scorer, k=k, max_new_tokens=steps,
                                                      batch=batch, prompt=prompt)
                                 if getattr(engine, "use_graph", False):
                                     row["note"] = "one CUDA graph per step"
@@ -391,8 +421,13 @@ def main(argv=None):
                                      and t.get("ms_per_step")), None)
                         if base is not None and r["k"] is not None:
                             r["speedup_vs_torch"] = base["ms_per_step"] / r["ms_per_step"]
+                        greedy = next((t for t in rows if t["model"] == name and t["batch"] == batch
+                                       and t["prompt"] == prompt and t["backend"] == "greedy"
+                                       and t.get("ms_per_step")), None)
+                        if greedy is not None and r["k"] is not None:   # ARGS cost over the same engine's greedy
+                            r["x_greedy"] = r["ms_per_step"] / greedy["ms_per_step"]
                 write(meta, rows, stem)
-        del policy, reward
+        del policy, reward, head, reference_lm
         if device.type == "cuda":
             torch.cuda.empty_cache()
     write(meta, rows, stem)

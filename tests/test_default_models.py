@@ -165,3 +165,22 @@ def test_default_reward_prefers_upbeat_replies(policy):
             with torch.no_grad():
                 scores.append(float(reward(ids).logits[0, 0]))
         assert scores[0] > scores[1], (upbeat, grim, scores)
+
+
+@needs_gguf
+def test_default_models_share_one_backbone_and_run_the_fused_step(policy):
+    """load_models() puts the reward head on the policy's own backbone (one copy in memory), the decoder
+    recognises it and runs the fused one-pass step, and the reward equals the separate model's."""
+    from args_fast.decoder import ARGSDecoder, encode_prompts
+    from args_fast.models import load_models
+    loaded = load_models()
+    assert loaded.reward.model is loaded.policy.model
+    decoder = ARGSDecoder(loaded.policy, loaded.reward, tokenizer=loaded.tokenizer)
+    assert decoder.reward_kind == "head" and "fused" in decoder.backend_description
+    separate = dm.load_default_reward()
+    assert separate.model is not loaded.policy.model
+    ids = encode_prompts(loaded.tokenizer, ["What do you like to cook?"], chat_template=True)[0]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.reward(ids).logits, separate(ids).logits, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="dtype"):
+        dm.load_default_reward(dtype=torch.bfloat16, policy=loaded.policy)

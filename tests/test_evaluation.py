@@ -153,3 +153,33 @@ def test_baseline_generation_configs_use_only_their_own_filters():
     assert not seen["greedy"].do_sample
     assert (seen["top-k"].do_sample, seen["top-k"].top_k, seen["top-k"].top_p, seen["top-k"].temperature) == (True, 40, 1.0, 0.7)
     assert (seen["nucleus"].do_sample, seen["nucleus"].top_k, seen["nucleus"].top_p, seen["nucleus"].temperature) == (True, 0, 0.95, 1.0)
+
+
+def test_eval_with_an_implicit_reward(tiny_dir, tmp_path):
+    """--implicit-reference: ARGS ranks by the implicit reward of the policy against that LM, and the
+    reward column is that reward of the complete response (beta * summed log-ratio, recomputed here)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+    from tiny_models import make_model
+    ref_dir = tmp_path / "ref"
+    make_model("llama", "lm", 5, context=1024, attn=None).save_pretrained(ref_dir)
+    argv = ["--policy", str(tiny_dir / "policy"), "--implicit-reference", str(ref_dir), "--beta", "0.5",
+            "--prompts", str(tiny_dir / "prompts.jsonl"), "--out-dir", str(tmp_path / "out"), "--batch-size", "2",
+            "--num-prompts", "2", "--max-new-tokens", "4", "--k", "3", "--methods", "greedy,args-greedy"]
+    assert run_eval(parse(add_eval_arguments, argv)) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "implicit reward" in summary["models"]["reward_model"]
+    policy = AutoModelForCausalLM.from_pretrained(tiny_dir / "policy").eval()
+    ref = AutoModelForCausalLM.from_pretrained(ref_dir).eval()
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tiny_dir / "policy")
+    for r in read_jsonl(tmp_path / "out" / "args-greedy.jsonl"):
+        prompt = tok(r["prompt"], add_special_tokens=False).input_ids
+        full = tok(r["response"], add_special_tokens=False).input_ids
+        assert full[:len(prompt)] == prompt
+        seq = torch.tensor(full + ([tok.convert_tokens_to_ids("<|im_end|>")] if r["stopped"] else []))
+        with torch.no_grad():
+            lp = torch.log_softmax(policy(seq[None]).logits[0], -1)
+            lr = torch.log_softmax(ref(seq[None]).logits[0], -1)
+        want = 0.5 * sum(float(lp[s - 1, seq[s]] - lr[s - 1, seq[s]]) for s in range(len(prompt), len(seq)))
+        assert abs(r["reward"] - want) < 1e-3, (r["reward"], want)

@@ -270,3 +270,33 @@ def save_models(root, tokenizer, policy_seed: int = 91, reward_seed: int = 92):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
     return root
+
+
+# ------------------------------------------------------------------ comparing runs of the decoder
+PARITY_LENGTHS = [5, 2, 7, 3]
+
+
+def generate_padded(policy, reward, backend, mode="greedy", *, k=4, w=1.5, eos=None, seed=0, steps=7,
+                    lengths=PARITY_LENGTHS):
+    """``args_fast.generate`` on :func:`padded_prompts` of ``lengths`` (seed ``seed``), temperature 0.7,
+    no early stop unless ``eos`` ids are given, the generator seeded with ``seed``."""
+    import args_fast
+    ids, mask = padded_prompts(lengths, seed=seed)
+    return args_fast.generate(policy, reward, ids, mask, k=k, w=w, mode=mode, temperature=0.7, max_new_tokens=steps,
+                              eos_token_id=eos if eos is not None else [], pad_token_id=0, backend=backend,
+                              generator=torch.Generator().manual_seed(seed))
+
+
+def assert_same_output(a, b, atol=1e-4):
+    """Identical sequences; rewards NaN at the same places and otherwise within ``atol``."""
+    assert torch.equal(a.sequences.cpu(), b.sequences.cpu()), (a.sequences, b.sequences)
+    assert torch.equal(a.rewards.isnan().cpu(), b.rewards.isnan().cpu())
+    torch.testing.assert_close(a.rewards.nan_to_num().cpu(), b.rewards.nan_to_num().cpu(), rtol=0, atol=atol)
+
+
+def most_staggered_eos(generated: torch.Tensor) -> int:
+    """The token of ``generated`` (B, T) whose first occurrence falls on the most distinct steps across rows:
+    as EOS, it makes rows stop at different steps."""
+    def spread(token):
+        return len({int(row.nonzero()[0]) for row in (generated == token) if row.any()})
+    return max(generated.unique().tolist(), key=spread)

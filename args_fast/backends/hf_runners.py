@@ -12,7 +12,7 @@ import torch
 
 from ..hf import reward_of_hidden, to_attention_mask
 from ..kv_cache import HFSlotCache
-from ..ops import candidate_visibility, positions_from_mask, prefix_mask
+from ..ops import candidate_visibility, positions_from_mask, prefix_mask, select_candidates, topk_logits
 
 
 class _SlotRunner:
@@ -80,3 +80,55 @@ class HFRewardRunner(_SlotRunner):
     def commit(self, choice, tokens):
         self.cache.commit(choice.to(self.device))
         self.next_pos += 1
+
+
+class HFFusedEngine:
+    """The :class:`~args_fast.backends.engine.Engine` for a :class:`~args_fast.reward_head.RewardHead`:
+    one forward of the policy per token. The k candidates of every row go through the policy's
+    backbone over its own prefix cache (as the reward runner above does with a reward model); the
+    head on each candidate's final hidden state is its reward, the winner's K/V is kept, and the LM
+    head on the winner's hidden state gives the next logits. So no separate decode of the chosen
+    token, no second model, one cache of ``P + T + k`` slots."""
+
+    # models whose logits are exactly ``lm_head(base_model(x).last_hidden_state)`` (no soft-capping,
+    # logit scale or other post-processing that the fused step would skip)
+    FAMILIES = ("llama", "mistral", "qwen2", "opt", "gpt2")
+
+    def __init__(self, policy, head, *, k: int, w: float, temperature: float, eos_ids, pad_id: int,
+                 topk=topk_logits, select=select_candidates):
+        self.runner = _SlotRunner(policy, extra_slots=k)
+        self.policy, self.head, self.topk, self.select = policy, head, topk, select
+        self.backbone, self.lm_head = policy.base_model, policy.get_output_embeddings()
+        self.k, self.w, self.temperature, self.pad_id = k, w, temperature, pad_id
+        self.eos_ids = eos_ids
+        self.nonfinite = torch.zeros(0, dtype=torch.bool)
+        self.forward_calls = 0   # policy forwards during decoding (one per step)
+
+    @torch.no_grad()
+    def prefill(self, input_ids, attention_mask, max_new_tokens):
+        out = self.runner._prefill(lambda **kw: self.policy(**kw, logits_to_keep=1), input_ids, attention_mask,
+                                   max_new_tokens)
+        self.logits = out.logits[:, -1].float()
+        device = self.logits.device
+        self.finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+        self.eos = torch.tensor(self.eos_ids, device=device) if self.eos_ids else None
+        self.rows = torch.arange(input_ids.shape[0], device=device)
+
+    @torch.no_grad()
+    def step(self, uniforms, last: bool = False):
+        runner = self.runner
+        top_logits, top_ids = self.topk(self.logits, self.k)
+        batch, k = top_ids.shape
+        hidden = self.backbone(input_ids=top_ids, attention_mask=runner._mask(k),
+                               position_ids=runner.next_pos[:, None].expand(batch, k),
+                               past_key_values=runner.cache, use_cache=True).last_hidden_state   # (B, k, H)
+        self.forward_calls += 1
+        rewards = self.head(hidden)
+        self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished
+        choice, token, chosen_reward, self.finished = self.select(
+            top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)
+        if not last:
+            runner.cache.commit(choice)
+            runner.next_pos += 1
+            self.logits = self.lm_head(hidden[self.rows, choice]).float()
+        return token, chosen_reward, self.finished

@@ -41,12 +41,18 @@ class ReferencePolicy:
 
 
 class ReferenceReward:
-    """Reward of a candidate = score head on the last hidden state of the full, unpadded sequence."""
+    """Reward of a candidate = score head on the last hidden state of the full, unpadded sequence.
 
-    def __init__(self, reward_model):
-        self.model = reward_model
-        self.backbone = reward_model.base_model
-        self.device = reward_model.device
+    ``reward`` is a scalar ``*ForSequenceClassification`` model, or a
+    :class:`~args_fast.reward_head.RewardHead` (then the backbone is the policy's own)."""
+
+    def __init__(self, reward):
+        from ..reward_head import RewardHead
+        if isinstance(reward, RewardHead):
+            self.backbone, self.head = reward.policy.base_model, reward
+        else:
+            self.backbone, self.head = reward.base_model, lambda hidden: reward_of_hidden(reward, hidden)
+        self.device = next(self.backbone.parameters()).device
         self.forward_calls = 0
 
     def prefill(self, input_ids, attention_mask, max_new_tokens):
@@ -60,7 +66,7 @@ class ReferenceReward:
             sequences = torch.cat([context.expand(k, -1), candidates[:, None]], dim=1)
             hidden = self.backbone(input_ids=sequences, use_cache=False).last_hidden_state[:, -1]
             self.forward_calls += 1
-            rewards.append(reward_of_hidden(self.model, hidden))
+            rewards.append(self.head(hidden))
         return torch.stack(rewards)
 
     def commit(self, choice, tokens):

@@ -21,7 +21,7 @@ import torch
 
 from .. import hf
 from .engine import ComposedEngine, Engine
-from .hf_runners import HFPolicyRunner, HFRewardRunner
+from .hf_runners import HFFusedEngine, HFPolicyRunner, HFRewardRunner
 from .reference import ReferencePolicy, ReferenceReward
 from .static_engine import BackendUnavailable, build_static_engine
 from .text_reward import TextReward, encoder_reward_fn
@@ -30,7 +30,10 @@ from .text_reward import TextReward, encoder_reward_fn
 @dataclass(frozen=True)
 class Models:
     """The models of one decoder. ``reward_kind``: "cached" (a causal one-label score model on the
-    policy's vocabulary: prefix-cached paths) or "text" (reward read from decoded text)."""
+    policy's vocabulary: prefix-cached paths), "head" (``reward_model`` is a
+    :class:`~args_fast.reward_head.RewardHead` on the policy's backbone: fused, one pass per token),
+    "vocab" (a :class:`~args_fast.vocab_rewards.VocabReward`: token rewards for the whole vocabulary
+    from one decode per extra model) or "text" (reward read from decoded text)."""
     policy: torch.nn.Module
     reward_model: object
     reward_kind: str
@@ -64,19 +67,34 @@ def _text_reward(models: Models, device) -> TextReward:
     return TextReward(fn, models.tokenizer, device=device)
 
 
+def _build_vocab(backend: str, models: Models, options: Options) -> Engine:
+    from .vocab_reward import build_vocab_engine
+    return build_vocab_engine(backend, models.policy, models.reward_model, options)
+
+
 def _build_reference(models: Models, options: Options) -> Engine:
+    if models.reward_kind == "vocab":
+        return _build_vocab("reference", models, options)
     reward = (_text_reward(models, models.policy.device) if models.reward_kind == "text"
               else ReferenceReward(models.reward_model))
     return ComposedEngine(ReferencePolicy(models.policy), reward, **vars(options))
 
 
 def _build_hf(models: Models, options: Options) -> Engine:
+    if models.reward_kind == "vocab":
+        return _build_vocab("hf", models, options)
     cached = [("policy", models.policy)] + ([("reward_model", models.reward_model)]
                                             if models.reward_kind == "cached" else [])
     for name, model in cached:
         if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
             raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
                                      f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
+    if models.reward_kind == "head":
+        family = getattr(models.policy.config, "model_type", None)
+        if family not in HFFusedEngine.FAMILIES:
+            raise BackendUnavailable(f"the fused reward-head step computes logits as lm_head(final hidden state), "
+                                     f"checked for model types {HFFusedEngine.FAMILIES}, not {family!r}")
+        return HFFusedEngine(models.policy, models.reward_model, **vars(options))
     reward = (_text_reward(models, models.policy.device) if models.reward_kind == "text"
               else HFRewardRunner(models.reward_model, options.k))
     return ComposedEngine(HFPolicyRunner(models.policy), reward, **vars(options))
@@ -84,6 +102,10 @@ def _build_hf(models: Models, options: Options) -> Engine:
 
 def _static_builder(ops_name: str) -> Callable[[Models, Options], Engine]:
     def build(models: Models, options: Options) -> Engine:
+        if models.reward_kind == "vocab":
+            return _build_vocab(ops_name, models, options)
+        if models.reward_kind == "head":   # fused: the policy scores its own candidates
+            return build_static_engine(ops_name, models.policy, None, reward_head=models.reward_model, **vars(options))
         if models.reward_kind != "cached":
             raise BackendUnavailable("it needs a causal *ForSequenceClassification reward_model on the policy's "
                                      "vocabulary (the prefix-cached path); text rewards run on 'hf' or 'reference'")
@@ -95,7 +117,7 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("reference", "any device", "the paper's Algorithm 1, literally: each row alone, every candidate's "
             "reward from a full forward of its whole sequence; slow on purpose, the oracle", _build_reference),
     Backend("hf", "any device", "the Hugging Face models' own forwards, eager, with a shared-prefix slot cache: "
-            "one reward forward of all B*k candidates per step", _build_hf),
+            "all B*k candidates scored in one forward per step", _build_hf),
     Backend("static", "CPU, CUDA", "static runners and static caches (CUDA-graph steps on CUDA) with torch ops "
             "(SDPA attention)", _static_builder("static")),
     Backend("static-triton", "CUDA (CPU only under TRITON_INTERPRET=1, for tests)", "the static engine with the "
@@ -156,8 +178,8 @@ def choose(models: Models, options: Options) -> tuple[str, Engine]:
             reasons.append(f"{name}: {exc}")
             continue
         if backend.self_check:
-            failure, ran_now = self_check(name, device, engine.policy.dtype, engine.policy.spec.head_dim,
-                                          engine.reward.spec.head_dim)
+            dims = getattr(engine, "head_dims", None) or (hf.head_dim(models.policy.config),) * 2
+            failure, ran_now = self_check(name, device, next(models.policy.parameters()).dtype, *dims)
             if failure is not None:
                 if ran_now:   # one warning line per process and device, not one per decoder
                     warnings.warn(f"args_fast: backend {name!r} failed its self-check on {device} ({failure}); "

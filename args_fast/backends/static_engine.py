@@ -17,6 +17,11 @@ reward model's cache in one op, so the graph path needs one device).
 
 Cache memory: the policy holds (layers, B, H_kv, P + T, D); the reward model holds each row's
 prefix once plus k candidate slots, (layers, B, H_kv, P + T + k, D).
+
+Fused step (a :class:`~args_fast.reward_head.RewardHead` on the policy's own backbone, no reward
+runner): the policy itself decodes the k candidates over its cache of ``P + T + k`` slots; the head
+on their hidden states gives the rewards, ``select_commit`` keeps the winner's K/V in the policy
+cache, and the LM head on the winner's hidden state gives the next logits. One forward per token.
 """
 from __future__ import annotations
 
@@ -115,12 +120,17 @@ OPS_TABLES: dict[str, Callable[..., OpsTable]] = {
 class StaticEngine:
     """Implements the :class:`~args_fast.backends.engine.Engine` contract on static runners.
 
-    ``reward`` may be None: then the step is the policy's own top-k greedy / sampling (scores are the
-    logits; w is ignored), the baseline "plain decode through the same engine"."""
+    ``reward`` may be None: then, with ``reward_head`` (a callable on the policy's final hidden states,
+    ``(B, k, H) -> (B, k)`` float32), the step is fused (see the module docstring); without one, the
+    step is the policy's own top-k greedy / sampling (scores are the logits; w is ignored), the
+    baseline "plain decode through the same engine"."""
 
     def __init__(self, policy, reward, ops: OpsTable, *, k: int, w: float, temperature: float, eos_ids,
-                 pad_id: int, use_graph: bool | None = None):
-        self.policy, self.reward, self.ops = policy, reward, ops
+                 pad_id: int, use_graph: bool | None = None, reward_head=None):
+        if reward is not None and reward_head is not None:
+            raise ValueError("give a reward runner or a reward_head on the policy, not both")
+        self.policy, self.reward, self.reward_head, self.ops = policy, reward, reward_head, ops
+        self.fused = reward_head is not None
         self.k, self.w, self.temperature, self.pad_id = k, float(w), float(temperature), pad_id
         self.eos_ids = list(eos_ids) if eos_ids else None
         self.device = policy.device
@@ -143,7 +153,7 @@ class StaticEngine:
         # at 7B scale each cache is tens of GB and both would not fit at once.
         self.graphs.clear()
         self.pcache = self.rcache = None
-        self.pcache = self.policy.new_cache(batch, slots)
+        self.pcache = self.policy.new_cache(batch, slots + (self.k if self.fused else 0))
         if self.reward is not None:
             self.rcache = self.reward.new_cache(batch, slots + self.k)
         dev = self.device
@@ -154,6 +164,12 @@ class StaticEngine:
         self.token = torch.zeros(batch, dtype=torch.long, device=dev)              # static graph outputs
         self.chosen_reward = torch.zeros(batch, dtype=torch.float32, device=dev)
         self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=dev)   # see the Engine contract
+        self.rows = torch.arange(batch, device=dev)
+
+    @property
+    def head_dims(self) -> tuple[int, int]:
+        """(policy, reward) attention head dims, for the self-check."""
+        return self.policy.spec.head_dim, (self.reward if self.reward is not None else self.policy).spec.head_dim
 
     def memory_bytes(self) -> dict[str, int]:
         return {"policy_kv": self.pcache.nbytes() if self.pcache else 0,
@@ -177,6 +193,9 @@ class StaticEngine:
     def _body(self, uniforms, run_policy: bool = True):
         """One ARGS step on the engine's static tensors (the graph-captured region)."""
         top_logits, top_ids = self.ops.topk(self.logits, self.k)
+        if self.fused:
+            self._fused_body(top_logits, top_ids, uniforms, run_policy)
+            return
         if self.reward is None:
             choice, token, reward, new_finished = torch_ops.select_candidates(
                 top_logits, top_ids, torch.zeros_like(top_logits), 0.0, uniforms, self.temperature,
@@ -202,6 +221,19 @@ class StaticEngine:
             self.logits.copy_(self.policy.outputs(self.policy.decode(self.token[:, None], self.pcache,
                                                                      self.ops.attention)[:, -1]))
             self.pcache.prefix_end.add_(1)
+
+    def _fused_body(self, top_logits, top_ids, uniforms, run_policy: bool):
+        # the k candidates go through the policy itself, into slots prefix_end + j of its own cache
+        hidden = self.policy.decode(top_ids, self.pcache, self.ops.attention)          # (B, k, H)
+        rewards = self.reward_head(hidden)
+        self.nonfinite.copy_(~rewards.isfinite().all(-1) & ~self.finished)
+        choice, token, reward = self.ops.select_commit(
+            top_logits, top_ids, rewards, uniforms, self.w, self.temperature, self.finished, self.eos,
+            self.pad_id, self.pcache.keys, self.pcache.values, self.pcache.prefix_end)   # advances prefix_end
+        self.token.copy_(token)
+        self.chosen_reward.copy_(reward)
+        if run_policy:   # the winner's hidden state is the next position's: the LM head on it
+            self.logits.copy_(self.policy.outputs(hidden[self.rows, choice]))
 
     def _capture(self, greedy: bool) -> torch.cuda.CUDAGraph:
         """Warm up (compiles Triton kernels, initialises cuBLAS) on a side stream, restore the state the
@@ -252,9 +284,10 @@ class StaticEngine:
 
 
 def build_static_engine(ops_name: str, policy, reward_model, *, k: int, w: float, temperature: float, eos_ids,
-                        pad_id: int, use_graph: bool | None = None) -> StaticEngine:
+                        pad_id: int, use_graph: bool | None = None, reward_head=None) -> StaticEngine:
     """The static engine on the ops table ``OPS_TABLES[ops_name]`` for a Hugging Face ``policy`` (causal LM)
-    and ``reward_model`` (one-label sequence classifier; None = the policy's plain decode). Raises
+    and ``reward_model`` (one-label sequence classifier; None = the policy's plain decode, or the fused
+    step with ``reward_head``, a :class:`~args_fast.reward_head.RewardHead` on the policy). Raises
     :class:`BackendUnavailable` saying why when these models or this device cannot run it. Options
     are assumed validated (``ARGSDecoder`` does that)."""
     from ..runners import static_runner, unsupported_reason
@@ -268,4 +301,5 @@ def build_static_engine(ops_name: str, policy, reward_model, *, k: int, w: float
     runners = [static_runner(model, role) for _, model, role in roles]
     ops = OPS_TABLES[ops_name](runners[0].device, [r.spec.head_dim for r in runners], runners[0].dtype, k)
     return StaticEngine(runners[0], runners[1] if reward_model is not None else None, ops, k=k, w=w,
-                        temperature=temperature, eos_ids=eos_ids, pad_id=pad_id, use_graph=use_graph)
+                        temperature=temperature, eos_ids=eos_ids, pad_id=pad_id, use_graph=use_graph,
+                        reward_head=reward_head)

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from . import metrics
 from .methods import METHODS, Method, args_decoder, available_methods, contrastive_unavailable, make_methods, run_batch
 from .prompts import PROMPTS_FILE, select
-from ..cli import (check_model_dir, finite_float, int_at_least, load_user_models, positive_int, read_user_text,
+from ..cli import (add_vocab_reward_arguments, check_model_dir, check_reward_flags, finite_float, int_at_least,
+                   load_reward, load_user_models, positive_int, read_user_text,
                    run_command, seed_int, text_lines, weight_float, DefaultsHelpFormatter)
 from ..decoder import BACKENDS, encode_prompts
 
@@ -45,6 +46,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, o
                         help="prompt JSONL, UTF-8, one record with \"id\" and \"prompt\" per line "
                              "(default: the bundled held-out set)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="ARGS backend (default auto)")
+    add_vocab_reward_arguments(parser)
     parser.add_argument("--threads", type=positive_int("--threads"), help="torch CPU threads (default: torch's)")
 
 
@@ -124,8 +126,10 @@ class Evaluation:
         self.prompts = select(read_prompt_records("--prompts", args.prompts), args.offset, args.num_prompts)
         check_model_dir("--policy", args.policy)
         check_model_dir("--reward-model", args.reward_model)
+        check_reward_flags(args)
         self.out_dir = make_out_dir("--out-dir", args.out_dir)
         loaded = load_user_models(args.policy, args.reward_model)
+        loaded.reward = load_reward(args, loaded)
         if loaded.reward_tokenizer is not None:
             raise ValueError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
                              "evaluation scores token ids with it, so it needs the policy's vocabulary")
@@ -186,13 +190,19 @@ class Evaluation:
                     records.append({"id": p["id"], "prompt": prompt_text, "result": result,
                                     "response": prompt_text + result, "elapsed": elapsed, "method": label,
                                     "user_message": p["prompt"], "num_tokens": len(gen), "stopped": bool(stop),
-                                    "options": method.options, "_ids": prompt_ids + gen + stop})
+                                    "options": method.options, "_ids": prompt_ids + gen + stop,
+                                    "_prompt_len": len(prompt_ids)})
                 bar.update(len(chunk))
         return records
 
     def score(self, records: list[dict]) -> list[dict]:
         """Add reward, diversity, coherence and the judges to each record (drops the token ids)."""
-        rewards = metrics.score_sequences(self.reward, [r.pop("_ids") for r in records], self.pad_id)
+        from ..vocab_rewards import VocabReward
+        ids, cut = [r.pop("_ids") for r in records], [r.pop("_prompt_len") for r in records]
+        if isinstance(self.reward, VocabReward):   # token rewards summed over the response, computed literally
+            rewards = self.reward.sequence_rewards([s[:n] for s, n in zip(ids, cut)], [s[n:] for s, n in zip(ids, cut)])
+        else:
+            rewards = metrics.score_sequences(self.reward, ids, self.pad_id)
         results = [r["result"] for r in records]
         coherence = self.embedder.coherence([r["user_message"] for r in records], results)
         judges = metrics.judge_scores(self.embedder, results)
