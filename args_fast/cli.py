@@ -167,7 +167,7 @@ def load_reward(args, loaded):
         reward.check(loaded.policy)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{flag} {path}: {err}") from None
-    loaded.names["reward_model"] = f"{reward.describe()} ({flag} {path})"
+    loaded.names["reward_model"] = f"{reward.describe(loaded.policy)} ({flag} {path})"
     return reward
 
 

@@ -214,7 +214,7 @@ class ARGSDecoder:
                 return f"{head}, computed the literal way (a full forward of every candidate sequence)"
             return f"fused: {head}, one policy pass per token over the k candidates"
         if self.reward_kind == "vocab":
-            return self.reward_model.describe()
+            return self.reward_model.describe(self.policy)
         if self.reward_kind == "cached":
             return "a separate reward model: one policy decode plus one reward pass over the k candidates per token"
         return "text reward: candidates decoded and scored as text"
@@ -351,7 +351,7 @@ class ARGSDecoder:
         if self.reward_kind == "cached":
             return [("policy", self.policy), ("reward_model", self.reward_model)]
         if self.reward_kind == "vocab":
-            return [("policy", self.policy)] + list(self.reward_model.extra_models())
+            return [("policy", self.policy)] + self.reward_model.extra_models(self.policy)
         return [("policy", self.policy)]
 
     def _pad(self) -> int:

@@ -38,34 +38,50 @@ def _vocab(model) -> int:
 
 
 class VocabReward:
-    """The common contract. ``lms``: the causal LMs whose next-token logits the reward reads (the policy
-    itself may be one of them: its logits are reused); :meth:`token_rewards` turns their ``(B, V)``
-    logits (in the order of ``lms``) into ``(B, V)`` float32 token rewards."""
+    """The common contract. ``models``: the named causal LMs whose next-token logits the reward reads (the
+    policy itself may be one of them: its logits are reused); :meth:`token_rewards` turns their ``(B, V)``
+    logits (in that order) into ``(B, V)`` float32 token rewards. ``fn``: a callable giving the ``(B, V)``
+    table itself instead (:class:`TokenReward`), else None.
+
+    ``policy`` arguments default to the policy last passed to :meth:`check` (the decoder checks the
+    reward against its policy before anything else)."""
 
     cumulative: bool = True
-    lms: list = []
+    fn = None
 
-    def extra_models(self) -> list[tuple[str, nn.Module]]:
-        """The models that run besides the policy, named for error messages."""
-        raise NotImplementedError
+    def __init__(self, models: list[tuple[str, nn.Module]]):
+        self.models = models
+        self._policy, self._vocab = None, None
+
+    @property
+    def lms(self) -> list[nn.Module]:
+        return [m for _, m in self.models]
+
+    def extra_models(self, policy=None) -> list[tuple[str, nn.Module]]:
+        """The models that run besides ``policy``, named for error messages."""
+        policy = self._policy if policy is None else policy
+        return [(name, m) for name, m in self.models if m is not policy]
 
     def check(self, policy) -> None:
         """Raise a ValueError naming the argument when this reward cannot go with ``policy``."""
         vocab = _vocab(policy)
-        for name, model in self.extra_models():
+        for name, model in self.extra_models(policy):
             if _vocab(model) != vocab:
                 raise ValueError(f"{name} has a vocabulary of {_vocab(model)} tokens, the policy {vocab}: token "
                                  "rewards must be over the policy's vocabulary")
+        self._policy, self._vocab = policy, vocab
 
     def token_rewards(self, logits: list[torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
 
-    def describe(self) -> str:
+    def describe(self, policy=None) -> str:
+        """One line for the CLI: what the reward is and what it costs per token."""
         raise NotImplementedError
 
     def sequence_rewards(self, prompt_ids: list[list[int]], response_ids: list[list[int]]) -> list[float]:
         """The summed token rewards of each complete response after its prompt, computed the literal way
-        (full forwards, no cache): the sequence reward the evaluation commands report."""
+        (full forwards, no cache): the sequence reward the evaluation commands report (for a cumulative
+        reward, the last ``.rewards`` of a generated row)."""
         out = []
         for prompt, response in zip(prompt_ids, response_ids):
             if not response:
@@ -81,7 +97,7 @@ class ImplicitReward(VocabReward):
 
     ``tuned_lm`` and ``reference_lm`` are Hugging Face causal LMs on the policy's vocabulary (and
     tokenizer). Pass the policy itself as ``tuned_lm`` when it is the tuned model (one extra decode per
-    token, of the reference)."""
+    token, of the reference). ``beta``: a finite float in [-1e30, 1e30]."""
 
     cumulative = True
 
@@ -92,24 +108,17 @@ class ImplicitReward(VocabReward):
         if tuned_lm is reference_lm:
             raise ValueError("tuned_lm and reference_lm are the same model: the implicit reward would be 0")
         self.beta = as_float("beta", beta, -W_LIMIT, W_LIMIT)
-        self.lms = [self.tuned_lm, self.reference_lm]
-
-    def extra_models(self):
-        return [(n, m) for n, m in (("tuned_lm", self.tuned_lm), ("reference_lm", self.reference_lm))
-                if m is not getattr(self, "_policy", None)]
-
-    def check(self, policy) -> None:
-        self._policy = policy
-        super().check(policy)
+        super().__init__([("tuned_lm", self.tuned_lm), ("reference_lm", self.reference_lm)])
 
     def token_rewards(self, logits):
         tuned, ref = logits
         return self.beta * (torch.log_softmax(tuned.float(), -1) - torch.log_softmax(ref.float(), -1))
 
-    def describe(self) -> str:
-        who = "the policy" if self.tuned_lm is getattr(self, "_policy", None) else "a separate model"
-        extra = "one extra decode (the reference) per token" if who == "the policy" else "two extra decodes per token"
-        return f"implicit reward beta*(log pi_tuned - log pi_ref), beta={self.beta:g}, tuned = {who}: {extra}"
+    def describe(self, policy=None) -> str:
+        policy = self._policy if policy is None else policy
+        who, cost = (("the policy", "one extra decode (the reference) per token") if self.tuned_lm is policy
+                     else ("a separate model", "two extra decodes per token"))
+        return f"implicit reward beta*(log pi_tuned - log pi_ref), beta={self.beta:g}, tuned = {who}: {cost}"
 
 
 class TokenReward(VocabReward):
@@ -124,11 +133,11 @@ class TokenReward(VocabReward):
     def __init__(self, source, scale: float = 1.0, cumulative: bool = False):
         from .decoder import W_LIMIT, as_float
         if isinstance(source, nn.Module) and hf.is_hf_model(source):
-            self.lm, self.fn = _causal_lm("source", source), None
-            self.lms = [self.lm]
+            self.lm = _causal_lm("source", source)
+            super().__init__([("source", self.lm)])
         elif callable(source):
             self.lm, self.fn = None, source
-            self.lms = []
+            super().__init__([])
         else:
             raise TypeError(f"source must be a Hugging Face causal LM or a callable (input_ids, attention_mask) -> "
                             f"(B, V) rewards, got {type(source).__name__}")
@@ -136,29 +145,23 @@ class TokenReward(VocabReward):
         if not isinstance(cumulative, bool):
             raise TypeError(f"cumulative must be True or False, got {cumulative!r}")
         self.cumulative = cumulative
-        self._vocab = None
-
-    def extra_models(self):
-        return [("source", self.lm)] if self.lm is not None else []
-
-    def check(self, policy) -> None:
-        super().check(policy)
-        self._vocab = _vocab(policy)
 
     def token_rewards(self, logits):
         return self.scale * torch.log_softmax(logits[0].float(), -1)
 
     def call_fn(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """The callable's ``(B, V)`` float32 rewards, its output checked."""
+        """The callable's ``(B, V)`` float32 rewards (V: the checked policy's vocabulary), its output checked."""
         out = self.fn(input_ids, attention_mask)
-        want = (input_ids.shape[0], self._vocab) if self._vocab else None
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or (want and tuple(out.shape) != want):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"TokenReward's callable must return a (B, V) = {want or '(B, V)'} tensor of token rewards "
-                             f"for the next position, got {got}")
+        want = (input_ids.shape[0], self._vocab or "V")
+        contract = (f"TokenReward's callable fn(input_ids (B, L), attention_mask (B, L)) must return a "
+                    f"(B, V) = {want} tensor of token rewards for the next position")
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(f"{contract}, got {type(out).__name__}")
+        if out.dim() != 2 or out.shape[0] != want[0] or (self._vocab and out.shape[1] != self._vocab):
+            raise ValueError(f"{contract}, got shape {tuple(out.shape)}")
         return self.scale * out.float()
 
-    def describe(self) -> str:
+    def describe(self, policy=None) -> str:
         what = "log-softmax of an autoregressive reward LM" if self.lm is not None else "a token-reward callable"
         how = "summed over the response" if self.cumulative else "of the candidate token"
         cost = "one extra decode per token" if self.lm is not None else "one call per token"
@@ -171,7 +174,7 @@ def response_token_rewards(reward: VocabReward, seqs: torch.Tensor, prompt_len: 
     before it, from full forwards with no cache."""
     positions = range(prompt_len - 1, seqs.shape[1] - 1)   # the logits at position s predict token s + 1
     targets = seqs[:, prompt_len:]
-    if isinstance(reward, TokenReward) and reward.fn is not None:
+    if reward.fn is not None:
         ones = torch.ones_like(seqs)
         table = torch.stack([reward.call_fn(seqs[:, :s + 1], ones[:, :s + 1]) for s in positions], 1)   # (N, T, V)
     else:

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import args_fast
-from args_fast import RewardHead
+from args_fast import RewardHead, csrc_ops
 from args_fast.backends import registry
 from args_fast.backends.hf_runners import HFFusedEngine
 from args_fast.backends.static_engine import StaticEngine
@@ -23,7 +23,8 @@ from tiny_models import (ENGINE_VARIANTS, VOCAB, make_model, padded_prompts,
                          PARITY_LENGTHS as LENGTHS, assert_same_output as assert_same, generate_padded as run,
                          most_staggered_eos)
 
-BACKENDS = ("hf", "static", "static-csrc") + (("static-triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ())
+BACKENDS = (("hf", "static") + (("static-csrc",) if csrc_ops.available() else ())
+            + (("static-triton",) if os.environ.get("TRITON_INTERPRET") == "1" else ()))
 STEPS = 7
 
 

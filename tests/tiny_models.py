@@ -32,8 +32,9 @@ import os
 import random
 
 import torch
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, LlamaConfig,
-                          LlamaForCausalLM, LlamaForSequenceClassification, MistralConfig, MistralForCausalLM,
+from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, GPTNeoXConfig,
+                          GPTNeoXForCausalLM, GPTNeoXForSequenceClassification, LlamaConfig, LlamaForCausalLM,
+                          LlamaForSequenceClassification, MistralConfig, MistralForCausalLM,
                           MistralForSequenceClassification, OPTConfig, OPTForCausalLM, OPTForSequenceClassification,
                           Qwen2Config, Qwen2ForCausalLM, Qwen2ForSequenceClassification)
 
@@ -78,6 +79,7 @@ _CLASSES = {
     "mistral": (MistralConfig, MistralForCausalLM, MistralForSequenceClassification, "max_position_embeddings"),
     "opt": (OPTConfig, OPTForCausalLM, OPTForSequenceClassification, "max_position_embeddings"),
     "gpt2": (GPT2Config, GPT2LMHeadModel, GPT2ForSequenceClassification, "n_positions"),
+    "gpt_neox": (GPTNeoXConfig, GPTNeoXForCausalLM, GPTNeoXForSequenceClassification, "max_position_embeddings"),
 }
 
 _LLAMA_GQA = dict(hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=6,
@@ -118,6 +120,8 @@ VARIANTS = {
     "opt-pre-ln": ("opt", _OPT),   # the same shapes as "opt", named for what the runner tests check
     "opt-post-ln-proj": ("opt", dict(_OPT, word_embed_proj_dim=24, do_layer_norm_before=False)),  # OPT-350m's layout
     "gpt2-inverse-layer-scale": ("gpt2", dict(n_embd=32, n_layer=3, n_head=2, scale_attn_by_inverse_layer_idx=True)),
+    # a family the static runners do not map (the hf and reference backends run it)
+    "gpt-neox": ("gpt_neox", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2)),
 }
 
 FAMILIES = ("llama", "gpt2", "opt")                                   # the everyday models

@@ -6,6 +6,9 @@ decode per token of each extra LM, composed by :class:`~args_fast.backends.engin
 * ``hf``: ``HFPolicyRunner`` (left-padded batch, slot cache) for the policy and each extra LM.
 * ``static*``: the static runners with the backend's attention and top-k ops, run eagerly (no CUDA
   graph: the extra models' decodes are plain per-token steps, and the table is read with one gather).
+
+A callable :class:`~args_fast.vocab_rewards.TokenReward` source is called once per step on the
+left-padded sequences so far (hf, static*), or per row, unpadded, on the reference backend.
 """
 from __future__ import annotations
 
@@ -35,7 +38,8 @@ class _LogitsTap:
 
 class StaticPolicyRunner:
     """The :class:`~args_fast.backends.engine.PolicyRunner` contract on a ``StaticRunner`` (a static
-    cache of ``P + max_new_tokens`` slots; one decode of the chosen token per step)."""
+    cache of ``P + max_new_tokens`` slots; one decode of the chosen token per step). Eager: no CUDA
+    graph (the step is a plain decode, and the engine around it is the composed one)."""
 
     def __init__(self, runner, attention):
         self.runner, self.attention, self.cache = runner, attention, None
@@ -44,7 +48,7 @@ class StaticPolicyRunner:
     def prefill(self, input_ids, attention_mask, max_new_tokens):
         batch, prompt = input_ids.shape
         if self.cache is None or self.cache.batch != batch or self.cache.slots < prompt + max_new_tokens:
-            self.cache = None
+            self.cache = None   # free the old cache first: at scale both would not fit at once
             self.cache = self.runner.new_cache(batch, prompt + max_new_tokens)
         device = self.runner.device
         hidden = self.runner.prefill(input_ids.to(device), attention_mask.to(device), self.cache)
@@ -68,14 +72,15 @@ class CachedVocabReward:
 
     @torch.no_grad()
     def prefill(self, input_ids, attention_mask, max_new_tokens):
-        self.logits = [None if r is None else r.prefill(input_ids, attention_mask, max_new_tokens) for r in self.runners]
+        self.logits = [None if r is None else r.prefill(input_ids, attention_mask, max_new_tokens)
+                       for r in self.runners]
         self.total = torch.zeros(input_ids.shape[0], device=self.device)
-        if getattr(self.reward, "fn", None) is not None:   # a callable sees the left-padded sequences so far
+        if self.reward.fn is not None:   # a callable sees the left-padded sequences so far
             self.ids, self.mask = input_ids.to(self.device), attention_mask.to(self.device).long()
 
     @torch.no_grad()
     def score(self, candidate_ids):
-        if getattr(self.reward, "fn", None) is not None:
+        if self.reward.fn is not None:
             self.table = self.reward.call_fn(self.ids, self.mask).to(self.device)
         else:
             logits = [self.tap.last if l is None else l.to(self.device) for l in self.logits]
@@ -89,7 +94,7 @@ class CachedVocabReward:
         if self.reward.cumulative:
             self.total += self.table.gather(1, tokens[:, None]).squeeze(1)
         self.logits = [None if r is None else r.step(tokens) for r in self.runners]
-        if getattr(self.reward, "fn", None) is not None:
+        if self.reward.fn is not None:
             self.ids = torch.cat([self.ids, tokens[:, None]], 1)
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], 1)
 
@@ -120,11 +125,15 @@ class ReferenceVocabReward:
 
 
 def build_vocab_engine(backend: str, policy, reward: VocabReward, options) -> ComposedEngine:
-    """The engine of ``backend`` for a vocabulary-level reward; BackendUnavailable saying why it cannot run."""
+    """The engine of ``backend`` ("reference", "hf", "static", "static-triton" or "static-csrc") for
+    ``policy`` (a Hugging Face causal LM) and a vocabulary-level ``reward``; ``options`` has k, w,
+    temperature, eos_ids and pad_id (``registry.Options``). Raises BackendUnavailable saying why this
+    backend cannot run these models, ValueError / TypeError when the reward cannot go with the policy."""
     from .. import hf
+    reward.check(policy)
     if backend == "reference":
         return ComposedEngine(ReferencePolicy(policy), ReferenceVocabReward(reward, policy.device), **vars(options))
-    models = [("policy", policy)] + list(reward.extra_models())
+    models = [("policy", policy)] + reward.extra_models(policy)
     if backend == "hf":
         for name, model in models:
             if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
@@ -139,12 +148,16 @@ def build_vocab_engine(backend: str, policy, reward: VocabReward, options) -> Co
         reason = unsupported_reason(model, "lm")
         if reason is not None:
             raise BackendUnavailable(f"{name}: {reason}")
+    # each model decodes with the ops of its own device and dtype (an extra model may live elsewhere)
     runners = {id(m): static_runner(m, "lm") for _, m in models}
-    first = runners[id(policy)]
-    ops = OPS_TABLES[backend](first.device, sorted({r.spec.head_dim for r in runners.values()}), first.dtype, options.k)
-    tap = _LogitsTap(StaticPolicyRunner(first, ops.attention))
-    reward_runner = CachedVocabReward(reward, policy, tap, lambda lm: StaticPolicyRunner(runners[id(lm)], ops.attention))
-    engine = ComposedEngine(tap, reward_runner, topk=ops.topk, **vars(options))
-    engine.ops = ops   # the decoder's backend_description names the ops
-    return engine
+    ops = {key: OPS_TABLES[backend](r.device, [r.spec.head_dim], r.dtype, options.k)
+           for key, r in runners.items()}
 
+    def runner(lm) -> StaticPolicyRunner:
+        return StaticPolicyRunner(runners[id(lm)], ops[id(lm)].attention)
+
+    tap = _LogitsTap(runner(policy))
+    engine = ComposedEngine(tap, CachedVocabReward(reward, policy, tap, runner), topk=ops[id(policy)].topk,
+                            **vars(options))
+    engine.ops = ops[id(policy)]   # the decoder's backend_description names the ops
+    return engine
