@@ -11,14 +11,17 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from .decoder import BACKENDS, MODES, T_MAX, T_MIN, W_LIMIT, ARGSDecoder, decode_continuations, encode_prompts
-from .models import load_models
+from .models import DEVICE_MAPS, check_placement, load_models
 
 
 # --------------------------------------------------------------------------------------- argparse types
@@ -103,11 +106,34 @@ def check_model_dir(flag: str, path: str | None) -> None:
         raise ValueError(f"{flag} {config}: permission denied")
 
 
+def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy-device", metavar="DEVICE",
+                        help="where the policy runs, e.g. cpu, cuda, cuda:1 (default: this process's GPU when there "
+                             "is one, cuda:LOCAL_RANK under torchrun, else the CPU)")
+    parser.add_argument("--reward-device", metavar="DEVICE",
+                        help="where the reward model runs (default: the policy's device)")
+    parser.add_argument("--device-map", choices=DEVICE_MAPS,
+                        help="spread --policy / --reward-model paths too large for one device over the devices "
+                             "(accelerate's device_map); the hf and reference backends run them (default: none)")
+
+
+def placement(args) -> dict:
+    """The load_models placement keywords of the flags; the default device is the GPU of this process
+    (``cuda:LOCAL_RANK`` under torchrun) where CUDA is available, else the CPU."""
+    from . import parallel
+    device_map = getattr(args, "device_map", None)
+    policy_device, reward_device = getattr(args, "policy_device", None), getattr(args, "reward_device", None)
+    if device_map is None and policy_device is None:
+        policy_device = str(parallel.world().device())
+    return {"policy_device": policy_device, "reward_device": reward_device, "device_map": device_map}
+
+
 def load_user_models(policy: str | None, reward_model: str | None, **kw):
     """:func:`load_models` after checking the user's paths; an OSError while loading a user-given model
     (a file missing or unreadable in its folder) becomes a ValueError naming the flags."""
     check_model_dir("--policy", policy)
     check_model_dir("--reward-model", reward_model)
+    check_placement(policy, reward_model, kw.get("policy_device"), kw.get("reward_device"), kw.get("device_map"))
     try:
         return load_models(policy, reward_model, **kw)
     except OSError as err:
@@ -224,52 +250,104 @@ def _fmt_reward(value: float) -> str:
     return f"{value:+.3f}" if math.isfinite(value) else "n/a"
 
 
+def _generate_check(args, loaded, chat: bool) -> dict:
+    """What --output's records depend on: unfinished work of a run with other settings is not reused."""
+    keys = ("k", "w", "mode", "temperature", "max_new_tokens", "seed", "backend", "batch_size", "implicit_reference",
+            "token_reward", "beta", "reward_scale")
+    return {"models": loaded.names, "chat_template": chat, **{key: getattr(args, key) for key in keys}}
+
+
 def run_generate(args) -> int:
     from tqdm import tqdm
+
+    from . import parallel
     prompts = _read_prompts(args)
     check_model_dir("--policy", args.policy)
     check_model_dir("--reward-model", args.reward_model)
     check_reward_flags(args)
-    print("loading models ...", file=sys.stderr)
-    loaded = load_user_models(args.policy, args.reward_model)
+    output = Path(args.output) if args.output else None
+    if output is not None and output.is_dir():
+        raise ValueError(f"--output {args.output}: is a directory (give a .jsonl file path)")
+    world = parallel.world()
+    where = placement(args)
+    check_placement(args.policy, args.reward_model, **where)
+    if world.is_main:
+        print("loading models ...", file=sys.stderr)
+    loaded = load_user_models(args.policy, args.reward_model, **where)
     policy, tokenizer, reward_tokenizer = loaded.policy, loaded.tokenizer, loaded.reward_tokenizer
     reward = load_reward(args, loaded)
     vocab = policy.get_output_embeddings().out_features
     if args.k > vocab:
         raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {args.k}")
     chat = args.chat_template == "on" or (args.chat_template == "auto" and tokenizer.chat_template is not None)
-    input_ids, attention_mask = encode_prompts(tokenizer, prompts, chat_template=chat)
     common = dict(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
     runs = [("greedy", dict(k=1, w=0.0, mode="greedy", backend=args.backend)),
             (f"ARGS-{args.mode} (k={args.k}, w={args.w})",
              dict(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature, backend=args.backend))]
     # both decoders first: each checks its options at construction, so a bad one fails before any decoding
     decoders = [(name, ARGSDecoder(policy, reward, **options, **common)) for name, options in runs]
-    print(f"backend: {decoders[-1][1].backend_description}", file=sys.stderr)   # what runs, in words
-    results = []
-    for name, decoder in decoders:
-        generator = torch.Generator().manual_seed(args.seed)
-        with tqdm(total=args.max_new_tokens, desc=f"{name} [{decoder.backend}]", unit="tok",
-                  file=sys.stderr, leave=False) as bar:
-            start = time.perf_counter()
-            out = decoder.generate(input_ids, attention_mask, generator=generator, progress=bar.update)
-            elapsed = time.perf_counter() - start
-        texts = decode_continuations(tokenizer, out.sequences[:, input_ids.shape[1]:], decoder.eos_token_id)
-        results.append((name, texts, _final_rewards(out.rewards), elapsed, out.rewards.shape[1]))
-    for i, prompt in enumerate(prompts):
-        print(f"\n=== prompt {i + 1}: {prompt}")
-        for name, texts, rewards, elapsed, steps in results:
-            if steps == 0:
-                print(f"--- {name}: reward n/a (no tokens generated: --max-new-tokens 0)")
+    if world.is_main:
+        print(f"backend: {decoders[-1][1].backend_description}", file=sys.stderr)   # what runs, in words
+    batches = [list(range(i, min(i + args.batch_size, len(prompts)))) for i in range(0, len(prompts), args.batch_size)]
+
+    def one_batch(j: int) -> list[dict]:
+        """Both decoders on batch j; a prompt's draws come from its own generator (its index, the seed)."""
+        rows = batches[j]
+        input_ids, attention_mask = encode_prompts(tokenizer, [prompts[i] for i in rows], chat_template=chat)
+        records = [{"index": i, "prompt": prompts[i]} for i in rows]
+        for key, (name, decoder) in zip(("greedy", "args"), decoders):
+            with tqdm(total=args.max_new_tokens, desc=f"{name} [{decoder.backend}]", unit="tok", file=sys.stderr,
+                      leave=False, disable=not world.is_main) as bar:
+                start = time.perf_counter()
+                out = decoder.generate(input_ids, attention_mask, generator=parallel.prompt_generators(args.seed, rows),
+                                       progress=bar.update)
+                elapsed = time.perf_counter() - start
+            generated = out.sequences[:, input_ids.shape[1]:]
+            texts = decode_continuations(tokenizer, generated, decoder.eos_token_id)
+            for record, text, value, row in zip(records, texts, _final_rewards(out.rewards), generated.tolist()):
+                # the batch's time and steps are shared by its rows, so that sums over records are totals
+                record[key] = {"method": name, "result": text, "reward": value, "seconds": elapsed / len(rows),
+                               "steps": out.rewards.shape[1] / len(rows)}
+        return records
+
+    run = parallel.BatchedRun([[prompts[i] for i in rows] for rows in batches], [len(rows) for rows in batches],
+                              [sum(len(prompts[i]) for i in rows) for rows in batches],
+                              work_dir=None if output is None else output.with_name(output.name + ".partial"),
+                              check=_generate_check(args, loaded, chat), desc="generate", w=world)
+    args.interrupt_note = lambda: (f"{run.finished_prompts} of {run.total_prompts} prompts saved in {run.work_dir}; "
+                                   "run the same command again to finish" if output is not None
+                                   else "nothing saved (give --output FILE.jsonl to keep finished prompts)")
+    if run.finished_prompts and world.is_main:
+        print(f"resuming: {run.finished_prompts} of {run.total_prompts} prompts already done ({run.work_dir})",
+              file=sys.stderr)
+    records = run.run(one_batch)
+    if records is None:    # another rank than 0: rank 0 prints and writes everything
+        return 0
+    if output is not None:
+        from .evaluation.run import write_jsonl
+        write_jsonl(output, records)
+        shutil.rmtree(run.work_dir, ignore_errors=True)
+    for i, record in enumerate(records):
+        print(f"\n=== prompt {i + 1}: {record['prompt']}")
+        for key in ("greedy", "args"):
+            r = record[key]
+            if args.max_new_tokens == 0:
+                print(f"--- {r['method']}: reward n/a (no tokens generated: --max-new-tokens 0)")
             else:
-                print(f"--- {name}: reward {_fmt_reward(rewards[i])}")
-            print(texts[i].strip())
+                print(f"--- {r['method']}: reward {_fmt_reward(r['reward'])}")
+            print(r["result"].strip())
     print()
-    for name, _, rewards, elapsed, steps in results:
-        mean = sum(rewards) / len(rewards)
+    shape = f"batch {len(batches[0])}" + (f", {len(batches)} batches" if len(batches) > 1 else "")
+    if world.distributed:
+        shape += f", {world.size} processes: summed compute time"
+    for key in ("greedy", "args"):
+        values = [r[key] for r in records]
+        mean = sum(v["reward"] for v in values) / len(values)
+        elapsed, steps = sum(v["seconds"] for v in values), round(sum(v["steps"] for v in values))
         per_step = f"{1000 * elapsed / steps:.1f} ms/step" if steps else "no steps"
-        print(f"{name:<40} mean final reward {_fmt_reward(mean)}   {elapsed:6.2f} s  "
-              f"({per_step}, batch {len(prompts)})")
+        print(f"{values[0]['method']:<40} mean final reward {_fmt_reward(mean)}   {elapsed:6.2f} s  ({per_step}, {shape})")
+    if output is not None:
+        print(f"wrote {len(records)} records to {output}", file=sys.stderr)
     return 0
 
 
@@ -295,12 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens generated per prompt at most")
     gen.add_argument("--seed", type=seed_int(), default=0, help="seed of the sampling (--mode stochastic)")
     gen.add_argument("--backend", choices=BACKENDS, default="auto", help="which ARGS engine runs")
+    gen.add_argument("--batch-size", type=positive_int("--batch-size"), default=8,
+                     help="prompts decoded together (the unit that torchrun ranks share out)")
+    gen.add_argument("--output", metavar="FILE.jsonl",
+                     help="also write one JSON record per prompt (both continuations, rewards, times); finished "
+                          "batches are kept in FILE.jsonl.partial/ so a rerun of an interrupted command resumes "
+                          "(default: none)")
     gen.add_argument("--policy", help="local path of a causal LM (default: embedded SmolLM2-135M-Instruct)")
     gen.add_argument("--reward-model", help="local path of a 1-label sequence-classification model "
                                             "(default: the embedded args_fast reward model)")
     gen.add_argument("--chat-template", choices=("auto", "on", "off"), default="auto",
                      help="wrap prompts as a user turn (auto: when the tokenizer has a template)")
     add_vocab_reward_arguments(gen)
+    add_placement_arguments(gen)
     gen.set_defaults(func=run_generate)
     _add_optional_commands(sub)
     return parser
@@ -326,16 +411,35 @@ def _one_line(err: BaseException) -> str:
 
 def run_command(prog: str, func, args) -> int:
     """Run a parsed command: a bad input (ValueError / TypeError; the user-input checks above raise
-    ValueError for missing or unreadable files too) ends it with one line and status 2, Ctrl-C with one
-    line and status 130, never a traceback."""
+    ValueError for missing or unreadable files too) ends it with one line and status 2, Ctrl-C (or
+    SIGTERM, as torchrun sends its workers) with one line saying what was saved and status 130,
+    never a traceback. Under torchrun only rank 0 prints the line."""
+    from . import parallel
+    # SIGTERM stops as Ctrl-C does; only where Python lets us (the main thread) and nobody else set it
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    else:
+        previous = None
     try:
         return func(args)
     except (ValueError, TypeError) as err:  # bad options surface as one clear line, not a traceback
-        sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
+        if parallel.world().is_main:
+            sys.stderr.write(f"{prog}: error: {_one_line(err)}\n")
         raise SystemExit(2) from None
     except KeyboardInterrupt:
-        sys.stderr.write(f"{prog}: interrupted\n")
+        note = getattr(args, "interrupt_note", None)
+        if parallel.world().is_main:
+            sys.stderr.write(f"{prog}: interrupted" + (f"; {note()}" if note else "") + "\n")
         raise SystemExit(130) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        parallel.shutdown()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:

@@ -298,8 +298,16 @@ class ARGSDecoder:
                         f"got {type(reward_model).__name__}")
 
     def _check_inputs(self, input_ids, attention_mask, max_new_tokens, generator):
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        if isinstance(generator, (list, tuple)):
+            rows = getattr(input_ids, "shape", (None,))[0]
+            if not all(isinstance(g, torch.Generator) for g in generator) or len(generator) != rows:
+                raise TypeError(f"generator as a list must hold one torch.Generator per batch row ({rows}), got "
+                                f"{len(generator)} items of types {sorted({type(g).__name__ for g in generator})}")
+            if len({g.device for g in generator}) > 1:
+                raise ValueError("generator: the per-row generators must all be on one device")
+        elif generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator, a list of one per batch row, or None, got "
+                            f"{type(generator).__name__}")
         if attention_mask is not None and not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor of shape (batch, prompt_len) or None, got "
                             f"{type(attention_mask).__name__}")
@@ -360,8 +368,15 @@ class ARGSDecoder:
     # ----------------------------------------------------------------------------------- the loop
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                 max_new_tokens: int | None = None, generator: torch.Generator | None = None,
-                 progress: Callable[[int], None] | None = None) -> GenerateOutput:
+                 max_new_tokens: int | None = None, generator: torch.Generator | list | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 on_step: Callable[[torch.Tensor], None] | None = None) -> GenerateOutput:
+        """ARGS on a left-padded batch. ``generator`` (stochastic mode): one torch.Generator for the whole
+        batch (one ``(B, k)`` uniform draw per step), or a list of one per row (row b draws its ``(k,)``
+        from its own, so a row's draws do not depend on the rest of the batch). ``progress(1)`` is called
+        after each step, and ``on_step(tokens)`` with that step's tokens ((B,) int64 on the policy's
+        device; pad for finished rows). The loop may run a few steps past the one after which every row
+        had finished (the output is cut there); those calls give pad for every row."""
         max_new_tokens = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         attention_mask, max_new_tokens = self._check_inputs(input_ids, attention_mask, max_new_tokens, generator)
         device = self.policy.device
@@ -382,20 +397,28 @@ class ARGSDecoder:
         sync_every = 1 if device.type == "cpu" else 8
         stops = bool(self._eos)
         # uniforms are drawn on the generator's device: a CUDA generator means no host-to-device copy
-        u_device = generator.device if generator is not None else "cpu"
+        per_row = isinstance(generator, (list, tuple))
+        u_device = (generator[0] if per_row else generator).device if generator is not None else "cpu"
         stochastic = self._mode == "stochastic"
         with self._lock:
             engine = self._engine
             engine.prefill(input_ids, attention_mask, max_new_tokens)
             for t in range(max_new_tokens):
                 # exactly one (B, k) draw per step, finished rows included
-                uniforms = torch.rand((batch, self._k), generator=generator, device=u_device) if stochastic else None
+                if not stochastic:
+                    uniforms = None
+                elif per_row:
+                    uniforms = torch.stack([torch.rand(self._k, generator=g, device=u_device) for g in generator])
+                else:
+                    uniforms = torch.rand((batch, self._k), generator=generator, device=u_device)
                 token, chosen_reward, finished = engine.step(uniforms, last=t == max_new_tokens - 1)
                 sequences[:, prompt_len + t] = token
                 rewards[:, t] = chosen_reward
                 bad_step.masked_fill_(engine.nonfinite.to(device) & (bad_step < 0), t)
                 if progress is not None:
                     progress(1)
+                if on_step is not None:
+                    on_step(sequences[:, prompt_len + t].clone())
                 if (t + 1) % sync_every == 0:
                     self._raise_if_nonfinite(bad_step)
                 if stops:

@@ -62,7 +62,7 @@ def test_attention_mask_and_generator_of_the_wrong_type(models, prompt):
     ids, mask = prompt
     with pytest.raises(TypeError, match="attention_mask must be a torch.Tensor.*got list"):
         args_fast.generate(*models, ids, mask.tolist(), max_new_tokens=2)
-    with pytest.raises(TypeError, match="generator must be a torch.Generator or None, got int"):
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, a list of one per batch row, or None, got int"):
         args_fast.generate(*models, ids, mask, max_new_tokens=2, mode="stochastic", generator=0)
 
 

@@ -11,20 +11,21 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
-
 from . import metrics
+from .. import parallel
 from .methods import METHODS, Method, args_decoder, available_methods, contrastive_unavailable, make_methods, run_batch
 from .prompts import PROMPTS_FILE, select
-from ..cli import (add_vocab_reward_arguments, check_model_dir, check_reward_flags, finite_float, int_at_least,
+from ..cli import (add_placement_arguments, add_vocab_reward_arguments, placement, check_model_dir, check_reward_flags, finite_float, int_at_least,
                    load_reward, load_user_models, positive_int, read_user_text,
                    run_command, seed_int, text_lines, weight_float, DefaultsHelpFormatter)
 from ..decoder import BACKENDS, encode_prompts
+from ..models import check_placement
 
 
 # --------------------------------------------------------------------------------------- arguments
@@ -47,6 +48,7 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, o
                              "(default: the bundled held-out set)")
     parser.add_argument("--backend", default="auto", choices=BACKENDS, help="ARGS backend (default auto)")
     add_vocab_reward_arguments(parser)
+    add_placement_arguments(parser)
     parser.add_argument("--threads", type=positive_int("--threads"), help="torch CPU threads (default: torch's)")
 
 
@@ -110,6 +112,7 @@ def machine_info() -> dict:
         pass
     import transformers
     return {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "processes": parallel.world().size,
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "platform": platform.platform()}
@@ -127,8 +130,13 @@ class Evaluation:
         check_model_dir("--policy", args.policy)
         check_model_dir("--reward-model", args.reward_model)
         check_reward_flags(args)
+        where = placement(args)
+        check_placement(args.policy, args.reward_model, **where)
         self.out_dir = make_out_dir("--out-dir", args.out_dir)
-        loaded = load_user_models(args.policy, args.reward_model)
+        self.partial_dir = self.out_dir / ".partial"
+        self.world = parallel.world()
+        self.progress: dict[str, parallel.BatchedRun] = {}
+        loaded = load_user_models(args.policy, args.reward_model, **where)
         loaded.reward = load_reward(args, loaded)
         if loaded.reward_tokenizer is not None:
             raise ValueError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
@@ -149,7 +157,7 @@ class Evaluation:
         for i in range(0, len(self.prompts), args.batch_size):
             chunk = self.prompts[i:i + args.batch_size]
             ids, mask = encode_prompts(self.tokenizer, [p["prompt"] for p in chunk], chat_template=True)
-            self.batches.append((chunk, ids, mask))
+            self.batches.append((chunk, ids, mask, [args.offset + i + n for n in range(len(chunk))]))
 
     def check_k(self, ks):
         """ARGS needs k <= the policy's vocabulary: fail before any method runs, not after greedy."""
@@ -165,35 +173,89 @@ class Evaluation:
                 "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "backend": a.backend,
                 "machine": machine_info()}
 
-    def generate(self, method: Method, label: str | None = None) -> list[dict]:
-        """Run one method over all prompts; records with the official fields, without metrics yet."""
+    def decoder_of(self, method: Method):
+        """The ARGS decoder of ``method`` (built once: its engine then serves every batch), or None."""
+        if not method.is_args:
+            return None
+        return args_decoder(method, self.policy, self.reward, self.tokenizer, max_new_tokens=self.args.max_new_tokens,
+                            eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend)
+
+    def generate_batch(self, method: Method, j: int, decoder=None, label: str | None = None) -> list[dict]:
+        """Batch ``j`` of one method: records with the official fields, without metrics yet.
+
+        Draws: ARGS rows use one generator per prompt (:func:`args_fast.parallel.prompt_seed` of the seed
+        and the prompt's index in the prompts file); transformers' samplers draw from the global RNG,
+        seeded from the seed and the batch's first prompt index. Either way a record never depends on
+        which process ran its batch, or on how many did."""
         label = label or method.name
-        generator = torch.Generator().manual_seed(self.args.seed)
-        decoder = (args_decoder(method, self.policy, self.reward, self.tokenizer, max_new_tokens=self.args.max_new_tokens,
-                                eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend)
-                   if method.is_args else None)
+        chunk, ids, mask, indices = self.batches[j]
+        if method.is_args:
+            generator = parallel.prompt_generators(self.args.seed, indices)
+        else:
+            generator = torch.Generator().manual_seed(parallel.prompt_seed(self.args.seed, indices[0]))
+        start = time.perf_counter()
+        rows, stops = run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
+                                max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                                generator=generator, backend=self.args.backend, decoder=decoder)
+        elapsed = (time.perf_counter() - start) / len(chunk)
+        # the reward scores prompt + continuation, with the EOS that ended it (the reward model
+        # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
         records = []
-        with tqdm(total=len(self.prompts), desc=label, unit="prompt", file=sys.stderr) as bar:
-            for chunk, ids, mask in self.batches:
-                start = time.perf_counter()
-                rows, stops = run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
-                                          max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids,
-                                          pad_id=self.pad_id, generator=generator, backend=self.args.backend,
-                                          decoder=decoder)
-                elapsed = (time.perf_counter() - start) / len(chunk)
-                # the reward scores prompt + continuation, with the EOS that ended it (the reward model
-                # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
-                for p, row_ids, m, gen, stop in zip(chunk, ids, mask, rows, stops):
-                    prompt_ids = row_ids[m.bool()].tolist()
-                    prompt_text = self.tokenizer.decode(prompt_ids)
-                    result = self.tokenizer.decode(gen, skip_special_tokens=True)
-                    records.append({"id": p["id"], "prompt": prompt_text, "result": result,
-                                    "response": prompt_text + result, "elapsed": elapsed, "method": label,
-                                    "user_message": p["prompt"], "num_tokens": len(gen), "stopped": bool(stop),
-                                    "options": method.options, "_ids": prompt_ids + gen + stop,
-                                    "_prompt_len": len(prompt_ids)})
-                bar.update(len(chunk))
+        for p, row_ids, m, gen, stop in zip(chunk, ids, mask, rows, stops):
+            prompt_ids = row_ids[m.bool()].tolist()
+            prompt_text = self.tokenizer.decode(prompt_ids)
+            result = self.tokenizer.decode(gen, skip_special_tokens=True)
+            records.append({"id": p["id"], "prompt": prompt_text, "result": result,
+                            "response": prompt_text + result, "elapsed": elapsed, "method": label,
+                            "user_message": p["prompt"], "num_tokens": len(gen), "stopped": bool(stop),
+                            "options": method.options, "_ids": prompt_ids + gen + stop,
+                            "_prompt_len": len(prompt_ids)})
         return records
+
+    def setup_key(self) -> dict:
+        """What every record of a run depends on besides its method: stored with unfinished work, which
+        a restarted run reuses only when this is unchanged."""
+        h = self.header()
+        return {key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")}
+
+    def run_method(self, method: Method, label: str | None = None) -> list[dict] | None:
+        """One method over all prompts, scored: its batches dealt to the ranks (torchrun), each finished
+        batch saved under ``out_dir/.partial/<label>/`` so an interrupted run resumes where it stopped.
+        Rank 0 gets every record in prompt order; other ranks get None."""
+        label = label or method.name
+        run = parallel.BatchedRun([[p["id"] for p in chunk] for chunk, *_ in self.batches],
+                                  [len(chunk) for chunk, *_ in self.batches],
+                                  [int(mask.sum()) + len(chunk) * self.args.max_new_tokens
+                                   for chunk, _, mask, _ in self.batches],
+                                  work_dir=self.partial_dir / label, check={**self.setup_key(), "method": label,
+                                                                            "options": method.options},
+                                  desc=label, w=self.world)
+        self.progress[label] = run
+        if run.finished_prompts and self.world.is_main:
+            print(f"{label}: resuming, {run.finished_prompts} of {run.total_prompts} prompts already done "
+                  f"({self.partial_dir / label})", file=sys.stderr)
+        decoder = None
+
+        def one_batch(j):
+            nonlocal decoder
+            if decoder is None:
+                decoder = self.decoder_of(method)
+            return self.score(self.generate_batch(method, j, decoder, label))
+        return run.run(one_batch)
+
+    def saved_note(self) -> str:
+        """What an interrupted run leaves behind, in one line."""
+        parts = [f"{label} {run.finished_prompts}/{run.total_prompts}" for label, run in self.progress.items()]
+        if not parts:
+            return "nothing finished yet"
+        return (f"saved prompts done: {', '.join(parts)} in {self.partial_dir}; run the same command again to "
+                "finish the rest")
+
+    def finish(self) -> None:
+        """The run's files are written: its unfinished-work store goes."""
+        parallel.barrier()
+        if self.world.is_main:
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
 
     def score(self, records: list[dict]) -> list[dict]:
         """Add reward, diversity, coherence and the judges to each record (drops the token ids)."""
@@ -225,9 +287,12 @@ def summarize(records: list[dict], baseline: list[dict] | None) -> dict:
 
 
 def write_jsonl(path: Path, records: list[dict]):
-    with open(path, "w") as f:
+    """The whole file or nothing: written beside ``path``, then renamed over it."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
         for r in records:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -264,7 +329,8 @@ def markdown_table(summary: dict, header: dict, title: str) -> str:
              f"- prompts: {header['prompts']['count']} held-out prompts from `{header['prompts']['file']}` "
              f"(offset {header['prompts']['offset']}); max new tokens {header['max_new_tokens']}; "
              f"batch size {header['batch_size']}; seed {header['seed']}; ARGS backend {header['backend']}",
-             f"- machine: {m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads), GPU {m['gpu']}; "
+             f"- machine: {m['cpu']} ({m['cpu_count']} CPUs, {m.get('processes', 1)} process(es) of {m['torch_threads']} "
+             f"torch threads), GPU {m['gpu']}; "
              f"python {m['python']}, torch {m['torch']}, transformers {m['transformers']}",
              "- reward: the decoding reward model on prompt + continuation; win rate vs greedy by that reward, "
              "ties (|difference| <= 1e-4) count 1/2; diversity and coherence as in the ARGS paper (coherence "
@@ -304,6 +370,7 @@ def run_eval(args) -> int:
     methods = make_methods(METHODS if default else names, k=args.k, w=args.w, temperature=args.temperature,
                            unavailable_ok=default)
     ev = Evaluation(args, getattr(args, "command", None) or command_line("eval"))
+    args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     if any(m.is_args for m in methods):
         ev.check_k([args.k])
     summary, greedy = {}, None
@@ -313,20 +380,25 @@ def run_eval(args) -> int:
         if method.name == "contrastive" and (reason := contrastive_unavailable()):
             summary[method.name] = {"unavailable": reason, "options": method.options}
             continue
-        records = ev.score(ev.generate(method))
+        records = ev.run_method(method)
+        if records is None:   # another rank than 0: rank 0 writes everything
+            continue
         write_jsonl(ev.out_dir / f"{method.name}.jsonl", records)
         if method.name == "greedy":
             greedy = records
         summary[method.name] = {"options": method.options, **summarize(records, greedy)}
-    header = ev.header()
-    report = {**header, "methods": summary, "targets": targets(summary)}
-    (ev.out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
-    table = markdown_table(summary, header, "ARGS evaluation (held-out chitchat prompts)")
-    if report["targets"]:
-        table += "\n## Targets (args-greedy vs greedy)\n\n| Target | Value | Met |\n|---|---|---|\n" + "".join(
-            f"| {name} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |\n" for name, t in report["targets"].items())
-    (ev.out_dir / "summary.md").write_text(table)
-    print(table)
+    if ev.world.is_main:
+        header = ev.header()
+        report = {**header, "methods": summary, "targets": targets(summary)}
+        (ev.out_dir / "summary.json").write_text(json.dumps(report, indent=2) + "\n")
+        table = markdown_table(summary, header, "ARGS evaluation (held-out chitchat prompts)")
+        if report["targets"]:
+            table += "\n## Targets (args-greedy vs greedy)\n\n| Target | Value | Met |\n|---|---|---|\n" + "".join(
+                f"| {name} | {_fmt(t['value'])} | {'yes' if t['met'] else 'NO'} |\n"
+                for name, t in report["targets"].items())
+        (ev.out_dir / "summary.md").write_text(table)
+        print(table)
+    ev.finish()
     return 0
 
 

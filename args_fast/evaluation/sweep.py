@@ -2,7 +2,8 @@
 
 At w = 0 ARGS-greedy picks the top logit whatever k is, i.e. it is greedy decoding: the grid's w = 0
 column is one shared greedy run (transformers' greedy), not one run per k. Each cell's records are
-written to ``cells/`` as it finishes; ``--resume`` reuses the cells of an identical earlier setup.
+written to ``cells/`` as it finishes; ``--resume`` reuses the cells of an identical earlier setup. An
+interrupted run resumes its unfinished cell where it stopped (``.partial/``) with or without ``--resume``.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import sys
 
 from . import metrics
+from .. import parallel
 from .methods import Method
 from ..cli import DefaultsHelpFormatter, run_command
 from ..decoder import W_LIMIT
@@ -50,11 +52,6 @@ def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     return parser
 
 
-def _setup_key(ev: Evaluation) -> dict:
-    h = ev.header()
-    return {key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")}
-
-
 def plot(cells: list[dict], ks, out_dir) -> list[str]:
     import matplotlib
     matplotlib.use("Agg")
@@ -81,21 +78,27 @@ def plot(cells: list[dict], ks, out_dir) -> list[str]:
 
 def run_sweep(args) -> int:
     ev = Evaluation(args, getattr(args, "command", None) or command_line("sweep"))
+    args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     ev.check_k(args.ks)
     cell_dir = ev.out_dir / "cells"
-    cell_dir.mkdir(exist_ok=True)
     key_path = cell_dir / "setup.json"
-    reuse = args.resume and key_path.exists() and json.loads(key_path.read_text()) == _setup_key(ev)
-    key_path.write_text(json.dumps(_setup_key(ev), indent=2) + "\n")
+    reuse = args.resume and key_path.exists() and json.loads(key_path.read_text()) == ev.setup_key()
+    parallel.barrier()   # every rank has read the old setup before rank 0 writes the new one
+    if ev.world.is_main:
+        cell_dir.mkdir(exist_ok=True)
+        key_path.write_text(json.dumps(ev.setup_key(), indent=2) + "\n")
 
-    def records_of(method: Method, name: str) -> list[dict]:
+    def records_of(method: Method, name: str) -> list[dict] | None:
+        """The cell's records (rank 0; None elsewhere): a finished cell of an identical earlier run with
+        --resume, else run (resuming its unfinished batches, if any) and written as it finishes."""
         path = cell_dir / f"{name}.jsonl"
         if reuse and path.exists():
             records = read_jsonl(path)
             if [r["id"] for r in records] == [p["id"] for p in ev.prompts] and records[0]["options"] == method.options:
-                return records
-        records = ev.score(ev.generate(method, label=name))
-        write_jsonl(path, records)
+                return records if ev.world.is_main else None
+        records = ev.run_method(method, label=name)
+        if records is not None:
+            write_jsonl(path, records)
         return records
 
     greedy = records_of(Method("greedy"), "greedy")
@@ -107,7 +110,12 @@ def run_sweep(args) -> int:
             else:
                 name = f"args-greedy_k{k}_w{w:g}"
                 records, source = records_of(Method("args-greedy", {"k": k, "w": w}), name), name
+            if records is None:   # another rank than 0: rank 0 writes everything
+                continue
             cells.append({"k": k, "w": w, "run": source, **summarize(records, greedy)})
+    if not ev.world.is_main:
+        ev.finish()
+        return 0
     header = ev.header()
     plots = plot(cells, args.ks, ev.out_dir)
     report = {**header, "ws": args.ws, "ks": args.ks, "cells": cells, "plots": plots}
@@ -136,6 +144,7 @@ def run_sweep(args) -> int:
     table = "\n".join(lines) + "\n"
     (ev.out_dir / "sweep.md").write_text(table)
     print(table)
+    ev.finish()
     return 0
 
 

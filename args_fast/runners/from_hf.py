@@ -46,6 +46,10 @@ def unsupported_reason(model, role: str) -> str | None:
             return f"activation {config.hidden_act!r} unknown"
     if family == "gpt2" and getattr(config, "add_cross_attention", False):
         return "GPT-2 with cross-attention is not a decoder-only LM"
+    devices = {p.device for p in model.parameters()}
+    if len(devices) > 1 or any(d.type == "meta" for d in devices):   # split or offloaded by a device_map
+        return (f"its weights are spread over {', '.join(sorted(map(str, devices)))} (a device_map): the static "
+                "runners need each model whole on one device; the hf and reference backends run it")
     return None
 
 

@@ -1,0 +1,268 @@
+"""Data-parallel runs under ``torchrun``, and runs that lose nothing.
+
+The unit of work is a *batch* of prompts, formed exactly as one process forms it (consecutive
+prompts, ``--batch-size`` each). Batches are dealt whole to the ranks, so a batch, its padding and
+hence its tokens never depend on the world size; rank 0 gathers every batch's records and writes the
+files one process would write, in the same order. Draws: a prompt's ARGS uniforms come from its own
+generator seeded by :func:`prompt_seed` (the run's seed and the prompt's index in its prompts file),
+so 1, 2 or 4 processes give the same tokens.
+
+Resumption: a run with a ``work_dir`` appends each finished batch, scored, as one JSON line to
+``work_dir/part-<rank>.jsonl`` (flushed and fsynced). A restarted run (any world size) reads every
+part file, skips the batches already there and runs the rest; a torn last line (a crash while
+writing) is dropped, and the file truncated back to its last whole line before anything is appended.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+# --------------------------------------------------------------------------------------- the world
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def device(self) -> torch.device:
+        """This rank's default device: ``cuda:LOCAL_RANK`` where CUDA is, else the CPU."""
+        if torch.cuda.is_available():
+            return torch.device("cuda", self.local_rank % torch.cuda.device_count())
+        return torch.device("cpu")
+
+
+_WORLD: World | None = None
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def world() -> World:
+    """The process group set up by ``torchrun`` (RANK, WORLD_SIZE, LOCAL_RANK, ...), joined once; a
+    plain process is rank 0 of 1. CUDA ranks use NCCL for the collectives, CPU ranks gloo."""
+    global _WORLD
+    if _WORLD is not None:
+        return _WORLD
+    size = _env_int("WORLD_SIZE", 1)
+    w = World(_env_int("RANK", 0), size, _env_int("LOCAL_RANK", 0), _env_int("LOCAL_WORLD_SIZE", size))
+    if w.distributed and not dist.is_initialized():
+        if w.device().type == "cuda":
+            torch.cuda.set_device(w.device())
+        # records are gathered as Python objects: gloo carries them on every machine (NCCL would need
+        # them staged on the GPU); the models never communicate
+        dist.init_process_group("gloo")
+    _WORLD = w
+    return w
+
+
+def shutdown() -> None:
+    global _WORLD
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    _WORLD = None
+
+
+def prompt_seed(seed: int, index: int) -> int:
+    """The seed of prompt ``index``'s own generator in a run seeded ``seed``: a function of the two
+    only (numpy's SeedSequence mixes them), never of the batch, the rank or the world size."""
+    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def prompt_generators(seed: int, indices, device="cpu") -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(prompt_seed(seed, i)) for i in indices]
+
+
+def assign(costs: list[int], size: int) -> list[list[int]]:
+    """Batches dealt to ``size`` ranks: longest first, each to the least-loaded rank (ties: lowest rank),
+    so every rank gets about the same number of tokens. Deterministic; each rank's list is in batch order."""
+    load = [0] * size
+    out: list[list[int]] = [[] for _ in range(size)]
+    for j in sorted(range(len(costs)), key=lambda j: (-costs[j], j)):
+        r = min(range(size), key=lambda r: (load[r], r))
+        out[r].append(j)
+        load[r] += costs[j]
+    return [sorted(js) for js in out]
+
+
+# --------------------------------------------------------------------------------------- part files
+def read_parts(work_dir: Path, repair_own: Path | None = None) -> dict[int, dict]:
+    """Every whole line of every ``part-*.jsonl`` in ``work_dir``, by batch index. A last line without
+    its newline or not JSON is torn (a crash mid-write): dropped, and ``repair_own`` (this rank's file)
+    truncated back to its last whole line. A bad line before the last is corruption: a ValueError."""
+    done: dict[int, dict] = {}
+    if not work_dir.is_dir():
+        return done
+    for path in sorted(work_dir.glob("part-*.jsonl")):
+        data = path.read_bytes()
+        lines = data.split(b"\n")
+        whole, tail = lines[:-1], lines[-1]    # tail: bytes after the last newline (b"" if none)
+        good_bytes = 0
+        for number, line in enumerate(whole, 1):
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                if number == len(whole) and not tail:   # the last line, torn inside a multi-byte write
+                    break
+                raise ValueError(f"{path}: line {number} is not JSON: the partial results are corrupt; "
+                                 f"delete {work_dir} to start over") from None
+            done[int(entry["batch"])] = entry
+            good_bytes += len(line) + 1
+        if good_bytes != len(data):
+            print(f"note: dropped a torn last line of {path} (an interrupted write)", file=sys.stderr)
+            if repair_own is not None and path == repair_own:
+                with open(path, "r+b") as f:
+                    f.truncate(good_bytes)
+    return done
+
+
+def append_line(path: Path, entry: dict) -> None:
+    """One whole JSON line, flushed to disk before returning."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+# --------------------------------------------------------------------------------------- progress
+class _Progress:
+    """Prompts done over all ranks: each rank adds its batches (run now or found done) to a counter in
+    torchrun's key-value store (no collective, no waiting); rank 0's bar reads it."""
+
+    def __init__(self, w: World, key: str, total: int, desc: str):
+        self.w, self.key, self.total, self.shown = w, key, total, 0
+        self.store = None
+        if w.distributed:
+            try:
+                self.store = dist.distributed_c10d._get_default_store()
+            except Exception:   # a private helper: without it the bar counts rank 0's prompts only
+                self.store = None
+        self.bar = None
+        if w.is_main:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr)
+
+    def add(self, n: int) -> None:
+        if self.store is not None:
+            self.store.add(self.key, n)
+            self.refresh()
+        else:
+            self._show(self.shown + n)
+
+    def _show(self, count: int) -> None:
+        if self.bar is not None and count > self.shown:
+            self.bar.update(count - self.shown)
+        self.shown = max(self.shown, count)
+
+    def refresh(self) -> int:
+        if self.store is not None:
+            self._show(self.store.add(self.key, 0))
+        return self.shown
+
+    def wait_all(self) -> None:
+        """Rank 0, its own batches done: keep the bar moving until every rank has finished."""
+        if self.store is not None and self.w.is_main:
+            while self.refresh() < self.total:
+                time.sleep(0.2)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------------------- the run
+class BatchedRun:
+    """One pass of ``fn`` over batches, sharded over the ranks and resumable.
+
+    ``keys[j]``: what identifies batch j's inputs (e.g. its prompt ids); a stored batch is reused
+    only when its key and ``check`` (the settings its records depend on) equal this run's.
+    ``sizes[j]``: prompts in batch j (the progress bar's unit); ``costs[j]``: its work (tokens),
+    for the deal. ``fn(j)`` returns batch j's records (JSON-serialisable dicts)."""
+
+    _runs = 0
+
+    def __init__(self, keys: list, sizes: list[int], costs: list[int], *, work_dir: Path | None = None,
+                 check: dict | None = None, desc: str = "", w: World | None = None):
+        self.sizes, self.costs = sizes, costs
+        # compared with what a part file holds, so JSON's view of it (tuples become lists)
+        self.keys = json.loads(json.dumps(keys))
+        self.work_dir, self.check, self.desc = work_dir, json.loads(json.dumps(check or {})), desc
+        self.w = w or world()
+        self.done: dict[int, list[dict]] = {}
+        self.own_part = None
+        if work_dir is not None:
+            self.own_part = work_dir / f"part-{self.w.rank}.jsonl"
+            for j, entry in read_parts(work_dir, repair_own=self.own_part).items():
+                if j < len(keys) and entry.get("key") == self.keys[j] and entry.get("check") == self.check:
+                    self.done[j] = entry["records"]
+        BatchedRun._runs += 1
+        self.serial = BatchedRun._runs
+
+    @property
+    def finished_prompts(self) -> int:
+        return sum(self.sizes[j] for j in self.done)
+
+    @property
+    def total_prompts(self) -> int:
+        return sum(self.sizes)
+
+    def run(self, fn: Callable[[int], list[dict]]) -> list[dict] | None:
+        """Rank 0: every batch's records, in batch order; other ranks: None."""
+        mine = assign(self.costs, self.w.size)[self.w.rank]
+        if self.work_dir is not None:
+            self.work_dir.mkdir(parents=True, exist_ok=True)
+        progress = _Progress(self.w, f"args_fast/progress/{self.serial}", self.total_prompts, self.desc)
+        try:
+            records = {}
+            for j in mine:
+                if j in self.done:
+                    records[j] = self.done[j]
+                    progress.add(self.sizes[j])
+                    continue
+                records[j] = fn(j)
+                if self.own_part is not None:
+                    append_line(self.own_part, {"batch": j, "key": self.keys[j], "check": self.check,
+                                                "records": records[j]})
+                self.done[j] = records[j]
+                progress.add(self.sizes[j])
+            progress.wait_all()
+        finally:
+            progress.close()
+        if self.w.distributed:
+            gathered = [None] * self.w.size if self.w.is_main else None
+            dist.gather_object(records, gathered, dst=0)
+            if not self.w.is_main:
+                return None
+            for part in gathered:
+                records.update(part)
+        return [r for j in range(len(self.keys)) for r in records[j]]
+
+
+def barrier() -> None:
+    if world().distributed:
+        dist.barrier()
