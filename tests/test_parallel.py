@@ -5,8 +5,10 @@ compared here field by field, all but the measured times (``elapsed``, ``seconds
 description, which no two runs share."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -170,24 +172,46 @@ def test_unfinished_work_of_other_settings_is_not_reused(tiny_dir, tmp_path, mon
 
 
 # --------------------------------------------------------------------------------------- real processes
-def run_processes(argv, nproc, tmp_path):
+def process_command(argv, nproc, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("WORLD_SIZE", None)
     if nproc == 1:
-        cmd = [sys.executable, "-m", "args_fast", *argv]
-    else:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-               "--log-dir", str(tmp_path / "torchrun-logs"), "-m", "args_fast", *argv]
+        return [sys.executable, "-m", "args_fast", *argv], env
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "--log-dir", str(tmp_path / f"torchrun-logs-{time.monotonic_ns()}"), "-m", "args_fast", *argv], env
+
+
+def run_processes(argv, nproc, tmp_path):
+    cmd, env = process_command(argv, nproc, tmp_path)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr[-3000:]
     return out
 
 
+def kill_after_first_batches(argv, nproc, tmp_path, part_dir):
+    """Start the command and SIGKILL all its processes (no cleanup runs) once a batch is on disk."""
+    cmd, env = process_command(argv, nproc, tmp_path)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not any(p.stat().st_size for p in part_dir.glob("part-*.jsonl")) if part_dir.is_dir() else True:
+        assert proc.poll() is None and time.monotonic() < deadline, "finished or hung before the first batch"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
 def test_torchrun_two_processes_write_what_one_process_writes(tiny_dir, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
+    one, two, killed = tmp_path / "one", tmp_path / "two", tmp_path / "killed"
     a = run_processes(["eval", *eval_argv(tiny_dir, one, "--threads", "1")], 1, tmp_path)
     b = run_processes(["eval", *eval_argv(tiny_dir, two, "--threads", "1")], 2, tmp_path)
     assert results_of(two) == results_of(one)
+    # killed (SIGKILL, both ranks) once top-k has a batch on disk, then run again: the same files
+    kill_after_first_batches(["eval", *eval_argv(tiny_dir, killed, "--threads", "1")], 2, tmp_path,
+                             killed / ".partial" / "top-k")
+    assert not (killed / "summary.json").exists()
+    c = run_processes(["eval", *eval_argv(tiny_dir, killed, "--threads", "1")], 2, tmp_path)
+    assert "greedy: resuming, 5 of 5 prompts already done" in c.stderr
+    assert results_of(killed) == results_of(one)
     assert json.loads((two / "summary.json").read_text())["machine"]["processes"] == 2
     # the same table, printed once (by rank 0), but for the times and the machine line
     strip = lambda text: [line.rsplit("|", 2)[0] for line in text.splitlines() if line.startswith("| ")]
