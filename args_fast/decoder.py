@@ -40,7 +40,8 @@ BACKENDS = registry.CHOICES
 @dataclass
 class GenerateOutput:
     sequences: torch.Tensor   # (B, P + T) prompt then generated tokens; pad after a row's EOS
-    rewards: torch.Tensor     # (B, T) reward of the chosen continuation per step; nan once finished
+    rewards: torch.Tensor     # (B, T) reward of the chosen continuation per step; nan once finished;
+    #                           (B, T, n) with n rewards: each one's (normalised) reward
 
 
 # float32 scores are logit + w * reward, divided by T in stochastic mode: these bounds keep them finite
@@ -151,7 +152,13 @@ class ARGSDecoder:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         k = as_int("k", k, 1, self.vocab)
-        w = as_float("w", w, -W_LIMIT, W_LIMIT)
+        from .objectives import is_normalized
+        self.multi = isinstance(reward_model, (list, tuple)) or is_normalized(reward_model)
+        if self.multi:   # several rewards (or one carrying normalisation statistics): weights per reward
+            weights = self._check_weights(reward_model, w)
+            w = 1.0      # the engine ranks by logit + 1.0 * (the weighted sum of the normalised rewards)
+        else:
+            w = as_float("w", w, -W_LIMIT, W_LIMIT)
         if mode == "stochastic":
             temperature = as_float("temperature", temperature, T_MIN, T_MAX)
         elif _is_bool(temperature) or not isinstance(_scalar(temperature), numbers.Real):   # unused when greedy
@@ -160,7 +167,15 @@ class ARGSDecoder:
         self._k, self._w, self._mode, self._temperature = k, w, mode, temperature
         self.max_new_tokens = max_new_tokens
         backend = registry.canonical_name(backend)
-        self.reward_kind, engine_reward = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
+        if self.multi:
+            self._w = weights if isinstance(reward_model, (list, tuple)) else weights[0]
+            self.reward_kind, engine_reward = self._classify_rewards(reward_model, weights, reward_tokenizer,
+                                                                     tokenizer)
+            self.n_objectives = len(weights)
+        else:
+            self.reward_kind, engine_reward = self._classify_reward(reward_model, reward_tokenizer, tokenizer)
+            self.n_objectives = 1
+        self._engine_reward = engine_reward
         gen = getattr(policy, "generation_config", None)
         # None: the policy's generation_config decides; [] (or a config without one): never stop early.
         self._eos = _eos_list(eos_token_id if eos_token_id is not None else getattr(gen, "eos_token_id", None),
@@ -217,10 +232,17 @@ class ARGSDecoder:
             return self.reward_model.describe(self.policy)
         if self.reward_kind == "cached":
             return "a separate reward model: one policy decode plus one reward pass over the k candidates per token"
+        if self.reward_kind == "multi":
+            names = {"cached": "a separate reward model", "text": "a text reward", "head": "a head on the policy"}
+            parts = [names.get(o.kind) or o.engine_reward.describe(self.policy) for o in self._engine_reward.objectives]
+            return f"{len(parts)} rewards mixed by w = {self._w}, each on its own runner: " + "; ".join(parts)
         return "text reward: candidates decoded and scored as text"
 
     def _engine_reward_description(self) -> str:
         from .reward_head import RewardHead
+        if self.multi:
+            return (f"{self.n_objectives} reward head(s) on the policy's own backbone, normalised and mixed by "
+                    f"w = {self._w}")
         if isinstance(self.reward_model, RewardHead):
             return self.reward_model.describe()
         return "the reward model's score head on the policy's own (shared) backbone"
@@ -248,6 +270,47 @@ class ARGSDecoder:
                 raise ValueError(f"engine.{name} is {got!r} but the decoder's is {want!r}; build the engine with "
                                  "the decoder's options")
         return engine
+
+    @staticmethod
+    def _check_weights(reward_model, w) -> list[float]:
+        """``w`` for a list of n rewards: n finite numbers (a single reward keeps a plain number)."""
+        if not isinstance(reward_model, (list, tuple)):
+            return [as_float("w", w, -W_LIMIT, W_LIMIT)]
+        n = len(reward_model)
+        if n == 0:
+            raise ValueError("reward_model is an empty list: give at least one reward")
+        if isinstance(w, torch.Tensor) and w.dim() == 1:
+            w = w.tolist()
+        if isinstance(w, numpy.ndarray) and w.ndim == 1:
+            w = w.tolist()
+        if not isinstance(w, (list, tuple)) or len(w) != n:
+            raise ValueError(f"w must be a list of {n} weights, one per reward in reward_model, got {w!r}")
+        return [as_float(f"w[{i}]", value, -W_LIMIT, W_LIMIT) for i, value in enumerate(w)]
+
+    def _classify_rewards(self, rewards, weights, reward_tokenizer, tokenizer) -> tuple[str, object]:
+        """Several rewards (or one with normalisation statistics): "head" (all heads on the policy's
+        backbone: one combined head, normalisation folded in, mixed by the weights) or "multi"
+        (:class:`~args_fast.objectives.MultiObjective`, each reward on its own runner)."""
+        from .objectives import MultiObjective, Objective, combine_heads, normalization_of
+        items = list(rewards) if isinstance(rewards, (list, tuple)) else [rewards]
+        if reward_tokenizer is not None and len(items) > 1:
+            raise ValueError("reward_tokenizer with several rewards: it would apply to all of them; give a reward "
+                             "with its own tokenizer as a text callable reward(prompts, responses) instead")
+        objectives = []
+        for i, item in enumerate(items):
+            model, mean, std = normalization_of(item)
+            if isinstance(model, (list, tuple)):
+                raise TypeError(f"reward_model[{i}] is a list: give one flat list of rewards")
+            try:
+                kind, engine_reward = self._classify_reward(model, reward_tokenizer, tokenizer)
+            except (TypeError, ValueError) as err:
+                raise type(err)(f"reward_model[{i}]: {err}") from None
+            objectives.append(Objective(kind, engine_reward, model, mean, std))
+        if all(o.kind == "head" for o in objectives):
+            head = combine_heads(self.policy, [o.engine_reward for o in objectives], weights,
+                                 [o.mean for o in objectives], [o.std for o in objectives])
+            return "head", head
+        return "multi", MultiObjective(objectives, weights)
 
     def _classify_reward(self, reward_model, reward_tokenizer, tokenizer) -> tuple[str, object]:
         """(kind, what the engine gets): "head" (a RewardHead, given or read off a score model on the
@@ -360,6 +423,14 @@ class ARGSDecoder:
             return [("policy", self.policy), ("reward_model", self.reward_model)]
         if self.reward_kind == "vocab":
             return [("policy", self.policy)] + self.reward_model.extra_models(self.policy)
+        if self.reward_kind == "multi":
+            models = [("policy", self.policy)]
+            for i, o in enumerate(self._engine_reward.objectives):
+                if o.kind == "cached":
+                    models.append((f"reward_model[{i}]", o.engine_reward))
+                elif o.kind == "vocab":
+                    models += [(f"reward_model[{i}].{name}", m) for name, m in o.engine_reward.extra_models(self.policy)]
+            return models
         return [("policy", self.policy)]
 
     def _pad(self) -> int:
@@ -386,7 +457,10 @@ class ARGSDecoder:
         batch, prompt_len = input_ids.shape
         sequences = torch.full((batch, prompt_len + max_new_tokens), self._pad(), dtype=torch.long, device=device)
         sequences[:, :prompt_len] = input_ids
-        rewards = torch.full((batch, max_new_tokens), float("nan"), device=device)
+        # several rewards: each one's (normalised) reward of the chosen continuation, (B, T, n)
+        per_objective = self.multi and self.n_objectives > 1
+        rewards = torch.full((batch, max_new_tokens) + ((self.n_objectives,) if per_objective else ()), float("nan"),
+                             device=device)
         if max_new_tokens == 0:
             return GenerateOutput(sequences, rewards)
         # all_done[t]: every row had finished after step t. Filled on device, read every `sync_every`
@@ -413,7 +487,13 @@ class ARGSDecoder:
                     uniforms = torch.rand((batch, self._k), generator=generator, device=u_device)
                 token, chosen_reward, finished = engine.step(uniforms, last=t == max_new_tokens - 1)
                 sequences[:, prompt_len + t] = token
-                rewards[:, t] = chosen_reward
+                if self.multi:   # the engine's chosen_reward is the weighted sum; report the objectives
+                    chosen = engine.chosen_objectives.to(device)
+                    # rows finished before this step: nan, as the engine's chosen_reward marks them
+                    chosen = chosen.masked_fill(chosen_reward.to(device).isnan()[:, None], float("nan"))
+                    rewards[:, t] = chosen if per_objective else chosen[:, 0]
+                else:
+                    rewards[:, t] = chosen_reward
                 bad_step.masked_fill_(engine.nonfinite.to(device) & (bad_step < 0), t)
                 if progress is not None:
                     progress(1)

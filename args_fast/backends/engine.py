@@ -87,6 +87,10 @@ class ComposedEngine:
         self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished
         choice, token, chosen_reward, self.finished = self.select(
             top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)
+        objectives = getattr(self.reward, "objectives", None)   # several rewards: each one's, (B, k, n)
+        if objectives is not None:
+            rows = torch.arange(choice.shape[0], device=choice.device)
+            self.chosen_objectives = objectives.to(choice.device)[rows, choice]
         if not last:
             self.reward.commit(choice, token)
             self.logits = self.policy.step(token)

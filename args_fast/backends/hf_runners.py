@@ -123,10 +123,16 @@ class HFFusedEngine:
                                position_ids=runner.next_pos[:, None].expand(batch, k),
                                past_key_values=runner.cache, use_cache=True).last_hidden_state   # (B, k, H)
         self.forward_calls += 1
-        rewards = self.head(hidden)
+        if self.head.mix is None:
+            rewards = self.head(hidden)
+        else:   # several heads (or normalised ones): each head's reward, ranked by their mix
+            objectives = self.head.all_rewards(hidden)                            # (B, k, n)
+            rewards = objectives @ self.head.mix
         self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished
         choice, token, chosen_reward, self.finished = self.select(
             top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)
+        if self.head.mix is not None:
+            self.chosen_objectives = objectives[self.rows, choice]
         if not last:
             runner.cache.commit(choice)
             runner.next_pos += 1

@@ -48,8 +48,11 @@ class ReferenceReward:
 
     def __init__(self, reward):
         from ..reward_head import RewardHead
+        self.mixed = isinstance(reward, RewardHead) and reward.mix is not None
         if isinstance(reward, RewardHead):
-            self.backbone, self.head = reward.policy.base_model, reward
+            # several heads (or normalised ones): keep each head's reward, rank by the mix of them
+            self.backbone, self.head = reward.policy.base_model, reward.all_rewards if self.mixed else reward
+            self.mix = reward.mix
         else:
             self.backbone, self.head = reward.base_model, lambda hidden: reward_of_hidden(reward, hidden)
         self.device = next(self.backbone.parameters()).device
@@ -67,7 +70,10 @@ class ReferenceReward:
             hidden = self.backbone(input_ids=sequences, use_cache=False).last_hidden_state[:, -1]
             self.forward_calls += 1
             rewards.append(self.head(hidden))
-        return torch.stack(rewards)
+        if not self.mixed:
+            return torch.stack(rewards)
+        self.objectives = torch.stack(rewards)             # (B, k, n)
+        return self.objectives @ self.mix.to(self.objectives.device)
 
     def commit(self, choice, tokens):
         tokens = tokens.to(self.device)

@@ -33,7 +33,8 @@ class Models:
     policy's vocabulary: prefix-cached paths), "head" (``reward_model`` is a
     :class:`~args_fast.reward_head.RewardHead` on the policy's backbone: fused, one pass per token),
     "vocab" (a :class:`~args_fast.vocab_rewards.VocabReward`: token rewards for the whole vocabulary
-    from one decode per extra model) or "text" (reward read from decoded text)."""
+    from one decode per extra model), "text" (reward read from decoded text) or "multi" (an
+    :class:`~args_fast.objectives.MultiObjective`: several rewards of these kinds, mixed)."""
     policy: torch.nn.Module
     reward_model: object
     reward_kind: str
@@ -72,7 +73,51 @@ def _build_vocab(backend: str, models: Models, options: Options) -> Engine:
     return build_vocab_engine(backend, models.policy, models.reward_model, options)
 
 
+def _check_maskable(name, model) -> None:
+    if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
+        raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
+                                 f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
+
+
+def _build_multi(backend: str, models: Models, options: Options) -> Engine:
+    """Several rewards, each on the runner its kind has on ``backend`` ("reference" or "hf"), mixed by
+    :class:`~args_fast.objectives.MultiRewardRunner` (see ``args_fast/objectives.py``)."""
+    from ..objectives import MultiRewardRunner
+    from ..reward_head import RewardHead
+    from .vocab_reward import CachedVocabReward, ReferenceVocabReward, _LogitsTap
+    policy, multi = models.policy, models.reward_model
+    reference = backend == "reference"
+    if not reference:
+        _check_maskable("policy", policy)
+    tap = ReferencePolicy(policy) if reference else _LogitsTap(HFPolicyRunner(policy))
+    runners = []
+    for i, o in enumerate(multi.objectives):
+        name = f"reward_model[{i}]"
+        if o.kind == "text":
+            runners.append(_text_reward(Models(policy, o.engine_reward, "text", models.tokenizer), policy.device))
+        elif o.kind == "vocab":
+            o.engine_reward.check(policy)
+            if reference:
+                runners.append(ReferenceVocabReward(o.engine_reward, policy.device))
+            else:
+                for extra, lm in o.engine_reward.extra_models(policy):
+                    _check_maskable(f"{name}.{extra}", lm)
+                runners.append(CachedVocabReward(o.engine_reward, policy, tap, HFPolicyRunner))
+        elif reference:   # "head" or "cached": full forwards of every candidate sequence
+            runners.append(ReferenceReward(o.engine_reward))
+        elif o.kind == "head" and isinstance(o.model, RewardHead):
+            raise BackendUnavailable(f"{name} is a RewardHead mixed with rewards that are not heads: the hf backend "
+                                     "fuses heads only when every reward is one (the reference backend runs this)")
+        else:   # a score model, possibly on the policy's own backbone: its own prefix-cached pass
+            model = o.model if o.kind == "head" else o.engine_reward
+            _check_maskable(name, model)
+            runners.append(HFRewardRunner(model, options.k))
+    return ComposedEngine(tap, MultiRewardRunner(runners, multi, policy.device), **vars(options))
+
+
 def _build_reference(models: Models, options: Options) -> Engine:
+    if models.reward_kind == "multi":
+        return _build_multi("reference", models, options)
     if models.reward_kind == "vocab":
         return _build_vocab("reference", models, options)
     reward = (_text_reward(models, models.policy.device) if models.reward_kind == "text"
@@ -81,6 +126,8 @@ def _build_reference(models: Models, options: Options) -> Engine:
 
 
 def _build_hf(models: Models, options: Options) -> Engine:
+    if models.reward_kind == "multi":
+        return _build_multi("hf", models, options)
     if models.reward_kind == "vocab":
         return _build_vocab("hf", models, options)
     cached = [("policy", models.policy)] + ([("reward_model", models.reward_model)]
@@ -102,6 +149,9 @@ def _build_hf(models: Models, options: Options) -> Engine:
 
 def _static_builder(ops_name: str) -> Callable[[Models, Options], Engine]:
     def build(models: Models, options: Options) -> Engine:
+        if models.reward_kind == "multi":
+            raise BackendUnavailable("several rewards run fused on the static engines when every one is a head on "
+                                     "the policy's own backbone; mixed kinds run on 'hf' or 'reference'")
         if models.reward_kind == "vocab":
             return _build_vocab(ops_name, models, options)
         if models.reward_kind == "head":   # fused: the policy scores its own candidates

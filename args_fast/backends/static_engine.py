@@ -165,6 +165,8 @@ class StaticEngine:
         self.chosen_reward = torch.zeros(batch, dtype=torch.float32, device=dev)
         self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=dev)   # see the Engine contract
         self.rows = torch.arange(batch, device=dev)
+        if self.fused and getattr(self.reward_head, "mix", None) is not None:   # each head's chosen reward
+            self.chosen_objectives = torch.zeros(batch, self.reward_head.n, dtype=torch.float32, device=dev)
 
     @property
     def head_dims(self) -> tuple[int, int]:
@@ -225,11 +227,18 @@ class StaticEngine:
     def _fused_body(self, top_logits, top_ids, uniforms, run_policy: bool):
         # the k candidates go through the policy itself, into slots prefix_end + j of its own cache
         hidden = self.policy.decode(top_ids, self.pcache, self.ops.attention)          # (B, k, H)
-        rewards = self.reward_head(hidden)
+        mixed = getattr(self.reward_head, "mix", None) is not None
+        if mixed:   # several heads (or normalised ones): each head's reward, ranked by their mix
+            objectives = self.reward_head.all_rewards(hidden)                            # (B, k, n)
+            rewards = objectives @ self.reward_head.mix
+        else:
+            rewards = self.reward_head(hidden)
         self.nonfinite.copy_(~rewards.isfinite().all(-1) & ~self.finished)
         choice, token, reward = self.ops.select_commit(
             top_logits, top_ids, rewards, uniforms, self.w, self.temperature, self.finished, self.eos,
             self.pad_id, self.pcache.keys, self.pcache.values, self.pcache.prefix_end)   # advances prefix_end
+        if mixed:
+            self.chosen_objectives.copy_(objectives[self.rows, choice])
         self.token.copy_(token)
         self.chosen_reward.copy_(reward)
         if run_policy:   # the winner's hidden state is the next position's: the LM head on it
