@@ -157,11 +157,22 @@ def _check_chat_ids(model, tokenizer):
                            "as eos: delete the cache directory to rebuild")
 
 
-def reward_metadata() -> dict:
-    if not REWARD_META.is_file() or not REWARD_WEIGHTS.is_file():
-        raise FileNotFoundError(f"shipped reward weights missing ({REWARD_WEIGHTS}, {REWARD_META}); "
-                                "run `args-fast train-rm` to produce them")
-    return json.loads(REWARD_META.read_text())
+OBJECTIVE_NAMES = ("positivity", "relevance")
+
+
+def _objective_files(objective: str) -> tuple[Path, Path]:
+    if objective not in OBJECTIVE_NAMES:
+        raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {objective!r}")
+    folder = DATA_DIR if objective == "positivity" else DATA_DIR / "objectives" / objective
+    return folder / REWARD_WEIGHTS.name, folder / REWARD_META.name
+
+
+def reward_metadata(objective: str = "positivity") -> dict:
+    weights, meta = _objective_files(objective)
+    if not meta.is_file() or not weights.is_file():
+        raise FileNotFoundError(f"shipped reward weights missing ({weights}, {meta}); "
+                                f"run `args-fast train-rm --objective {objective}` to produce them")
+    return json.loads(meta.read_text())
 
 
 def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.float32, backbone=None):
@@ -196,8 +207,10 @@ def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.flo
     return model.to(dtype).eval()
 
 
-def load_default_reward(dtype=torch.float32, cache_dir=None, policy=None):
+def load_default_reward(dtype=torch.float32, cache_dir=None, policy=None, objective: str = "positivity"):
     """Our trained reward model: SmolLM2-135M backbone + the shipped ``score`` row (see reward_model.json).
+    ``objective``: "positivity" (the default reward model) or another trained objective's head
+    ("relevance", in ``args_fast/data/objectives/``).
 
     Shares the policy's tokenizer/vocabulary; input is the chat-templated prompt + the response so far.
     With ``policy`` (the default policy, from :func:`load_default_policy`) the reward model runs on the
@@ -213,9 +226,9 @@ def load_default_reward(dtype=torch.float32, cache_dir=None, policy=None):
                              "share the backbone")
     from safetensors.torch import load_file
 
-    meta = reward_metadata()
+    meta = reward_metadata(objective)
     if meta.get("backbone") != POLICY_NAME:
         raise RuntimeError(f"shipped reward head was trained on {meta.get('backbone')!r}, not {POLICY_NAME!r}")
-    weight = load_file(str(REWARD_WEIGHTS))["score.weight"]
+    weight = load_file(str(_objective_files(objective)[0]))["score.weight"]
     return build_reward_model(policy_dir(cache_dir), weight, dtype,
                               backbone=None if policy is None else policy.base_model)

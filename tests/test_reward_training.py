@@ -104,3 +104,30 @@ def test_sampled_features_equal_a_full_forward_of_the_prefix():
             assert inside[-1] == len(positions) - 1
             want = hidden[[positions[p] for p in inside]]
             torch.testing.assert_close(data["features"][i, j, inside], want, rtol=1e-3, atol=1e-3)
+
+
+def test_objective_labellers():
+    contexts = ["I love hiking in the mountains with my dog", "What is your favourite pasta recipe?"]
+    texts = [["Hiking with a dog in the mountains sounds wonderful!", "I hate everything about taxes."],
+             ["My favourite pasta is carbonara with eggs and cheese.", "The weather is bad."]]
+    positivity = rt.objective_scores("positivity", contexts, texts)
+    from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    vader = SentimentIntensityAnalyzer()
+    assert positivity.shape == (2, 2)
+    assert positivity[0, 0] == pytest.approx(vader.polarity_scores(texts[0][0])["compound"])
+    relevance = rt.objective_scores("relevance", contexts, texts)
+    assert bool((relevance[:, 0] > relevance[:, 1] + 0.2).all())    # the on-topic reply is more relevant
+    with pytest.raises(ValueError, match="objective must be one of"):
+        rt.objective_scores("wit", contexts, texts)
+
+
+def test_unknown_objective_fails_before_any_work(monkeypatch):
+    monkeypatch.setattr(rt, "load_default_policy", lambda: pytest.fail("loaded the model before validating"))
+    with pytest.raises(ValueError, match=r"objective must be one of \['positivity', 'relevance'\]"):
+        rt.train_reward_model(objective="wit")
+    from args_fast.default_models import load_default_reward
+    with pytest.raises(ValueError, match="objective must be one of"):
+        load_default_reward(objective="wit")
+    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
+    assert args.objective == "relevance" and args.margin is None and args.out_dir is None
+    assert rt.objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
