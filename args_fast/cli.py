@@ -133,7 +133,6 @@ def load_user_models(policy: str | None, reward_model: str | None, **kw):
     (a file missing or unreadable in its folder) becomes a ValueError naming the flags."""
     check_model_dir("--policy", policy)
     check_model_dir("--reward-model", reward_model)
-    check_placement(policy, reward_model, kw.get("policy_device"), kw.get("reward_device"), kw.get("device_map"))
     try:
         return load_models(policy, reward_model, **kw)
     except OSError as err:
@@ -302,9 +301,8 @@ def run_generate(args) -> int:
                 out = decoder.generate(input_ids, attention_mask, generator=parallel.prompt_generators(args.seed, rows),
                                        progress=bar.update)
                 elapsed = time.perf_counter() - start
-            generated = out.sequences[:, input_ids.shape[1]:]
-            texts = decode_continuations(tokenizer, generated, decoder.eos_token_id)
-            for record, text, value, row in zip(records, texts, _final_rewards(out.rewards), generated.tolist()):
+            texts = decode_continuations(tokenizer, out.sequences[:, input_ids.shape[1]:], decoder.eos_token_id)
+            for record, text, value in zip(records, texts, _final_rewards(out.rewards)):
                 # the batch's time and steps are shared by its rows, so that sums over records are totals
                 record[key] = {"method": name, "result": text, "reward": value, "seconds": elapsed / len(rows),
                                "steps": out.rewards.shape[1] / len(rows)}

@@ -160,10 +160,16 @@ def _check_chat_ids(model, tokenizer):
 OBJECTIVE_NAMES = ("positivity", "relevance")
 
 
-def _objective_files(objective: str) -> tuple[Path, Path]:
+def objective_dir(objective: str) -> Path:
+    """Where an objective's head ships: the default reward (positivity) in args_fast/data, the others
+    in args_fast/data/objectives/<name>."""
     if objective not in OBJECTIVE_NAMES:
         raise ValueError(f"objective must be one of {OBJECTIVE_NAMES}, got {objective!r}")
-    folder = DATA_DIR if objective == "positivity" else DATA_DIR / "objectives" / objective
+    return DATA_DIR if objective == "positivity" else DATA_DIR / "objectives" / objective
+
+
+def _objective_files(objective: str) -> tuple[Path, Path]:
+    folder = objective_dir(objective)
     return folder / REWARD_WEIGHTS.name, folder / REWARD_META.name
 
 

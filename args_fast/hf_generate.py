@@ -106,11 +106,6 @@ def _config_fields() -> tuple[str, ...]:
     return tuple(sorted(name for name in vars(GenerationConfig()) if not name.startswith("_")))
 
 
-def _neutral_value(name: str):
-    """The value to pass to switch ``name`` off."""
-    return _defaults().get(name)
-
-
 def _is_neutral(name: str, value, defaults: dict) -> bool:
     if value is None or value in _ALSO_NEUTRAL.get(name, ()):
         return True
@@ -139,7 +134,7 @@ def _refused_options(config: GenerationConfig, k: int) -> list[tuple[str, object
                 refused.append((name, value, f"top_k=0 (off) or top_k >= k ({k}), or k={value}"))
             continue
         if not _is_neutral(name, value, defaults):
-            refused.append((name, value, f"{name}={_neutral_value(name)!r}"))
+            refused.append((name, value, f"{name}={defaults.get(name)!r}"))   # the value that switches it off
     if any(name == "min_new_tokens" for name, _, _ in refused):
         # generate turned min_new_tokens into min_length (prompt + min_new_tokens): name the user's option only
         refused = [item for item in refused if item[0] != "min_length"]
@@ -294,7 +289,8 @@ def _run(model, input_ids, logits_processor, stopping_criteria, generation_confi
                         "args_fast.generate directly")
     if getattr(model.config, "is_encoder_decoder", False):
         raise ValueError("args_fast.custom_generate supports decoder-only policies, not encoder-decoder models")
-    refused = _refused_options(generation_config, _as_k(k))
+    k_int = _as_k(k)
+    refused = _refused_options(generation_config, k_int)
     if refused:
         names = ", ".join(f"{name}={value!r}" for name, value, _ in refused)
         fixes = ", ".join(fix for _, _, fix in refused)
@@ -305,7 +301,7 @@ def _run(model, input_ids, logits_processor, stopping_criteria, generation_confi
                          f"(e.g. a checkpoint's sampling defaults); override them in the call: {fixes}{hint}")
     # the call's own arguments first; the prepared processors and criteria (which hold the call's) only when
     # those are fine, so that each problem is named once
-    problems = _check_call(caller) or (_check_processors(logits_processor, generation_config, _as_k(k))
+    problems = _check_call(caller) or (_check_processors(logits_processor, generation_config, k_int)
                                        + _check_criteria(stopping_criteria, generation_config))
     problems += _check_model_kwargs(model_kwargs, input_ids)
     if problems:

@@ -34,14 +34,13 @@ class NormalizedReward:
     """``reward`` (any kind the decoder takes) with the statistics ARGS normalises it by:
     ``(r - mean) / std``. ``std`` must be > 0."""
 
-    def __init__(self, reward, mean: float, std: float, name: str | None = None):
+    def __init__(self, reward, mean: float, std: float):
         from .decoder import as_float
         if isinstance(reward, NormalizedReward):
             raise TypeError("reward is already a NormalizedReward")
         self.reward = reward
         self.mean = as_float("mean", mean, -1e30, 1e30)
         self.std = as_float("std", std, 0.0, 1e30, open_low=True)
-        self.name = name
 
     def __repr__(self) -> str:
         return f"NormalizedReward({type(self.reward).__name__}, mean={self.mean:g}, std={self.std:g})"
@@ -114,10 +113,6 @@ class MultiObjective:
     """What the engines get for ``reward_kind == "multi"``: the objectives and the user's weights."""
     objectives: list[Objective]
     weights: list[float]
-
-    @property
-    def n(self) -> int:
-        return len(self.objectives)
 
 
 def combine_heads(policy, heads, weights, means, stds):

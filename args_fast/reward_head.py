@@ -80,10 +80,17 @@ class RewardHead:
         """Final hidden states ``(..., H)`` -> the ``n`` head outputs ``(..., n)`` float32."""
         return self.linear(hidden.to(self.linear.weight.dtype)).float()
 
+    def score(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Final hidden states ``(..., H)`` -> (the reward ARGS ranks by ``(...)``, each head's reward
+        ``(..., n)`` when the heads are mixed, else None), float32: what the engines report per objective."""
+        out = self.all_rewards(hidden)
+        if self.mix is None:
+            return out.squeeze(-1), None
+        return out @ self.mix, out
+
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
         """Final hidden states ``(..., H)`` -> the reward ARGS ranks by, ``(...)`` float32."""
-        out = self.all_rewards(hidden)
-        return out.squeeze(-1) if self.mix is None else out @ self.mix
+        return self.score(hidden)[0]
 
     def describe(self) -> str:
         heads = "a reward head" if self.n == 1 else f"{self.n} reward heads mixed by {self.mix.tolist()}"

@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from . import chitchat
 from .ops import positions_from_mask
-from .default_models import (DATA_DIR, POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model,
-                             cache_root, load_default_policy, policy_dir)
+from .default_models import (POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model,
+                             cache_root, load_default_policy, objective_dir, policy_dir)
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
 FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
@@ -259,12 +259,6 @@ def per_length_accuracy(data, pairs, w) -> dict:
 
 
 # --------------------------------------------------------------------------------------- main
-def objective_dir(objective: str) -> Path:
-    """Where an objective's head ships: the default reward (positivity) in args_fast/data, the others
-    in args_fast/data/objectives/<name>."""
-    return DATA_DIR if objective == "positivity" else DATA_DIR / "objectives" / objective
-
-
 def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
                        temperature=1.0, top_k=10, margin=None, prefix_weight=1.0, seed=0, batch_size=64,
                        cache_dir=None, out_dir: str | Path | None = None, command: str = "",

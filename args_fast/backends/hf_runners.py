@@ -10,9 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from .. import hf
 from ..hf import reward_of_hidden, to_attention_mask
 from ..kv_cache import HFSlotCache
 from ..ops import candidate_visibility, positions_from_mask, prefix_mask, select_candidates, topk_logits
+from .static_engine import BackendUnavailable
+
+
+def check_maskable(name: str, model) -> None:
+    """The hf runners pass their own 4-D masks: BackendUnavailable naming ``name`` when its attention cannot."""
+    if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
+        raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
+                                 f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
 
 
 class _SlotRunner:
@@ -123,15 +132,11 @@ class HFFusedEngine:
                                position_ids=runner.next_pos[:, None].expand(batch, k),
                                past_key_values=runner.cache, use_cache=True).last_hidden_state   # (B, k, H)
         self.forward_calls += 1
-        if self.head.mix is None:
-            rewards = self.head(hidden)
-        else:   # several heads (or normalised ones): each head's reward, ranked by their mix
-            objectives = self.head.all_rewards(hidden)                            # (B, k, n)
-            rewards = objectives @ self.head.mix
+        rewards, objectives = self.head.score(hidden)   # objectives: (B, k, n) when heads are mixed
         self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished
         choice, token, chosen_reward, self.finished = self.select(
             top_logits, top_ids, rewards, self.w, uniforms, self.temperature, self.finished, self.eos, self.pad_id)
-        if self.head.mix is not None:
+        if objectives is not None:
             self.chosen_objectives = objectives[self.rows, choice]
         if not last:
             runner.cache.commit(choice)

@@ -48,13 +48,11 @@ class ReferenceReward:
 
     def __init__(self, reward):
         from ..reward_head import RewardHead
-        self.mixed = isinstance(reward, RewardHead) and reward.mix is not None
+        # head(hidden) -> (the reward ranked by, each head's reward when several heads are mixed, else None)
         if isinstance(reward, RewardHead):
-            # several heads (or normalised ones): keep each head's reward, rank by the mix of them
-            self.backbone, self.head = reward.policy.base_model, reward.all_rewards if self.mixed else reward
-            self.mix = reward.mix
+            self.backbone, self.head = reward.policy.base_model, reward.score
         else:
-            self.backbone, self.head = reward.base_model, lambda hidden: reward_of_hidden(reward, hidden)
+            self.backbone, self.head = reward.base_model, lambda hidden: (reward_of_hidden(reward, hidden), None)
         self.device = next(self.backbone.parameters()).device
         self.forward_calls = 0
 
@@ -63,17 +61,18 @@ class ReferenceReward:
 
     @torch.no_grad()
     def score(self, candidate_ids):
-        rewards = []
+        rewards, objectives = [], []
         for context, candidates in zip(self.contexts, candidate_ids.to(self.device)):
             k = candidates.shape[0]
             sequences = torch.cat([context.expand(k, -1), candidates[:, None]], dim=1)
             hidden = self.backbone(input_ids=sequences, use_cache=False).last_hidden_state[:, -1]
             self.forward_calls += 1
-            rewards.append(self.head(hidden))
-        if not self.mixed:
-            return torch.stack(rewards)
-        self.objectives = torch.stack(rewards)             # (B, k, n)
-        return self.objectives @ self.mix.to(self.objectives.device)
+            reward, per_head = self.head(hidden)
+            rewards.append(reward)
+            objectives.append(per_head)
+        if objectives[0] is not None:
+            self.objectives = torch.stack(objectives)        # (B, k, n): the composed engine reports them
+        return torch.stack(rewards)
 
     def commit(self, choice, tokens):
         tokens = tokens.to(self.device)

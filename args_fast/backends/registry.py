@@ -21,7 +21,7 @@ import torch
 
 from .. import hf
 from .engine import ComposedEngine, Engine
-from .hf_runners import HFFusedEngine, HFPolicyRunner, HFRewardRunner
+from .hf_runners import HFFusedEngine, HFPolicyRunner, HFRewardRunner, check_maskable
 from .reference import ReferencePolicy, ReferenceReward
 from .static_engine import BackendUnavailable, build_static_engine
 from .text_reward import TextReward, encoder_reward_fn
@@ -73,12 +73,6 @@ def _build_vocab(backend: str, models: Models, options: Options) -> Engine:
     return build_vocab_engine(backend, models.policy, models.reward_model, options)
 
 
-def _check_maskable(name, model) -> None:
-    if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
-        raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
-                                 f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
-
-
 def _build_multi(backend: str, models: Models, options: Options) -> Engine:
     """Several rewards, each on the runner its kind has on ``backend`` ("reference" or "hf"), mixed by
     :class:`~args_fast.objectives.MultiRewardRunner` (see ``args_fast/objectives.py``)."""
@@ -88,7 +82,7 @@ def _build_multi(backend: str, models: Models, options: Options) -> Engine:
     policy, multi = models.policy, models.reward_model
     reference = backend == "reference"
     if not reference:
-        _check_maskable("policy", policy)
+        check_maskable("policy", policy)
     tap = ReferencePolicy(policy) if reference else _LogitsTap(HFPolicyRunner(policy))
     runners = []
     for i, o in enumerate(multi.objectives):
@@ -101,7 +95,7 @@ def _build_multi(backend: str, models: Models, options: Options) -> Engine:
                 runners.append(ReferenceVocabReward(o.engine_reward, policy.device))
             else:
                 for extra, lm in o.engine_reward.extra_models(policy):
-                    _check_maskable(f"{name}.{extra}", lm)
+                    check_maskable(f"{name}.{extra}", lm)
                 runners.append(CachedVocabReward(o.engine_reward, policy, tap, HFPolicyRunner))
         elif reference:   # "head" or "cached": full forwards of every candidate sequence
             runners.append(ReferenceReward(o.engine_reward))
@@ -110,7 +104,7 @@ def _build_multi(backend: str, models: Models, options: Options) -> Engine:
                                      "fuses heads only when every reward is one (the reference backend runs this)")
         else:   # a score model, possibly on the policy's own backbone: its own prefix-cached pass
             model = o.model if o.kind == "head" else o.engine_reward
-            _check_maskable(name, model)
+            check_maskable(name, model)
             runners.append(HFRewardRunner(model, options.k))
     return ComposedEngine(tap, MultiRewardRunner(runners, multi, policy.device), **vars(options))
 
@@ -133,9 +127,7 @@ def _build_hf(models: Models, options: Options) -> Engine:
     cached = [("policy", models.policy)] + ([("reward_model", models.reward_model)]
                                             if models.reward_kind == "cached" else [])
     for name, model in cached:
-        if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
-            raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend needs "
-                                     f"one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
+        check_maskable(name, model)
     if models.reward_kind == "head":
         family = getattr(models.policy.config, "model_type", None)
         if family not in HFFusedEngine.FAMILIES:

@@ -120,7 +120,7 @@ OPS_TABLES: dict[str, Callable[..., OpsTable]] = {
 class StaticEngine:
     """Implements the :class:`~args_fast.backends.engine.Engine` contract on static runners.
 
-    ``reward`` may be None: then, with ``reward_head`` (a callable on the policy's final hidden states,
+    ``reward`` may be None: then, with ``reward_head`` (a RewardHead on the policy's final hidden states,
     ``(B, k, H) -> (B, k)`` float32), the step is fused (see the module docstring); without one, the
     step is the policy's own top-k greedy / sampling (scores are the logits; w is ignored), the
     baseline "plain decode through the same engine"."""
@@ -165,7 +165,7 @@ class StaticEngine:
         self.chosen_reward = torch.zeros(batch, dtype=torch.float32, device=dev)
         self.nonfinite = torch.zeros(batch, dtype=torch.bool, device=dev)   # see the Engine contract
         self.rows = torch.arange(batch, device=dev)
-        if self.fused and getattr(self.reward_head, "mix", None) is not None:   # each head's chosen reward
+        if self.fused and self.reward_head.mix is not None:   # each head's chosen reward
             self.chosen_objectives = torch.zeros(batch, self.reward_head.n, dtype=torch.float32, device=dev)
 
     @property
@@ -227,17 +227,12 @@ class StaticEngine:
     def _fused_body(self, top_logits, top_ids, uniforms, run_policy: bool):
         # the k candidates go through the policy itself, into slots prefix_end + j of its own cache
         hidden = self.policy.decode(top_ids, self.pcache, self.ops.attention)          # (B, k, H)
-        mixed = getattr(self.reward_head, "mix", None) is not None
-        if mixed:   # several heads (or normalised ones): each head's reward, ranked by their mix
-            objectives = self.reward_head.all_rewards(hidden)                            # (B, k, n)
-            rewards = objectives @ self.reward_head.mix
-        else:
-            rewards = self.reward_head(hidden)
+        rewards, objectives = self.reward_head.score(hidden)   # objectives: (B, k, n) when heads are mixed
         self.nonfinite.copy_(~rewards.isfinite().all(-1) & ~self.finished)
         choice, token, reward = self.ops.select_commit(
             top_logits, top_ids, rewards, uniforms, self.w, self.temperature, self.finished, self.eos,
             self.pad_id, self.pcache.keys, self.pcache.values, self.pcache.prefix_end)   # advances prefix_end
-        if mixed:
+        if objectives is not None:
             self.chosen_objectives.copy_(objectives[self.rows, choice])
         self.token.copy_(token)
         self.chosen_reward.copy_(reward)

@@ -16,7 +16,7 @@ import torch
 
 from ..vocab_rewards import VocabReward, response_token_rewards
 from .engine import ComposedEngine
-from .hf_runners import HFPolicyRunner
+from .hf_runners import HFPolicyRunner, check_maskable
 from .reference import ReferencePolicy, _rows
 from .static_engine import OPS_TABLES, BackendUnavailable
 
@@ -129,16 +129,13 @@ def build_vocab_engine(backend: str, policy, reward: VocabReward, options) -> Co
     ``policy`` (a Hugging Face causal LM) and a vocabulary-level ``reward``; ``options`` has k, w,
     temperature, eos_ids and pad_id (``registry.Options``). Raises BackendUnavailable saying why this
     backend cannot run these models, ValueError / TypeError when the reward cannot go with the policy."""
-    from .. import hf
     reward.check(policy)
     if backend == "reference":
         return ComposedEngine(ReferencePolicy(policy), ReferenceVocabReward(reward, policy.device), **vars(options))
     models = [("policy", policy)] + reward.extra_models(policy)
     if backend == "hf":
         for name, model in models:
-            if hf.attn_implementation(model) not in hf.MASKABLE_ATTENTION:
-                raise BackendUnavailable(f"{name} uses attention {hf.attn_implementation(model)!r}; the hf backend "
-                                         f"needs one that takes an explicit 4-D mask {hf.MASKABLE_ATTENTION}")
+            check_maskable(name, model)
         tap = _LogitsTap(HFPolicyRunner(policy))
         return ComposedEngine(tap, CachedVocabReward(reward, policy, tap, HFPolicyRunner), **vars(options))
     if backend not in OPS_TABLES:
