@@ -52,7 +52,7 @@ def finite_float(flag: str, *, positive: bool = False, limit: float | None = Non
     """argparse type: a finite float (> 0 with ``positive``; |value| <= ``limit``); the error names the flag.
     The default limits are the decoder's (float32 scores stay finite): |w| <= 1e30, T in [1e-30, 1e30]."""
     low, high = (T_MIN, limit or T_MAX) if positive else (-(limit or math.inf), limit or math.inf)
-    span = f" > 0" if positive else ""
+    span = " > 0" if positive else ""
     if limit is not None or positive:
         span += f" (in [{low:g}, {high:g}])"
 
@@ -397,6 +397,9 @@ def _add_optional_commands(sub):
     commands.append(("eval", "decoding methods x metrics table over held-out prompts", add_eval_arguments, run_eval))
     from .evaluation.sweep import add_sweep_arguments, run_sweep
     commands.append(("sweep", "w x k sweep with plots (the paper's Figure 2)", add_sweep_arguments, run_sweep))
+    from .evaluation.pareto import add_pareto_arguments, run_pareto
+    commands.append(("pareto", "positivity-vs-relevance front: preference-weighted ARGS, Rewarded Soups, MOD, RiC",
+                     add_pareto_arguments, run_pareto))
     for name, about, add_arguments, func in commands:
         command = sub.add_parser(name, help=about, description=about, formatter_class=DefaultsHelpFormatter)
         add_arguments(command)

@@ -77,6 +77,39 @@ def remove_lora(model: nn.Module) -> dict:
     return adapter
 
 
+def save_adapter(path, adapter: dict, meta: dict) -> None:
+    """``path``.safetensors (each layer's ``A`` and ``B``) and ``path``.json (``meta`` plus the scale)."""
+    import json
+    from safetensors.torch import save_file
+    path = Path(path)
+    scales = {float(scale) for _, _, scale in adapter.values()}
+    if len(scales) != 1:
+        raise ValueError(f"an adapter's layers must share one scale, got {sorted(scales)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({f"{name}.{part}": t.contiguous() for name, (a, b, _) in adapter.items() for part, t in (("A", a), ("B", b))},
+              str(path.with_suffix(".safetensors")))
+    path.with_suffix(".safetensors").chmod(0o644)     # save_file creates it owner-only
+    path.with_suffix(".json").write_text(json.dumps({**meta, "scale": scales.pop()}, indent=1) + "\n")
+
+
+def load_adapter(path) -> tuple[dict, dict]:
+    """(adapter ``{module name: (A, B, scale)}``, its metadata) saved by :func:`save_adapter`."""
+    import json
+    from safetensors.torch import load_file
+    path = Path(path)
+    tensors_file, meta_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
+    for f in (tensors_file, meta_file):
+        if not f.is_file():
+            raise ValueError(f"LoRA adapter {path}: {f.name} is missing")
+    meta = json.loads(meta_file.read_text())
+    tensors = load_file(str(tensors_file))
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    bad = [n for n in names if f"{n}.A" not in tensors or f"{n}.B" not in tensors]
+    if bad or "scale" not in meta:
+        raise ValueError(f"LoRA adapter {path}: needs an A and a B per layer and a scale, got {bad[:3] or 'no scale'}")
+    return {n: (tensors[f"{n}.A"], tensors[f"{n}.B"], float(meta["scale"])) for n in names}, meta
+
+
 def sft_batches(examples: list[tuple[list[int], list[int]]], batch_size: int, seed: int, epochs: int):
     """The fixed order of (prompt ids, reply ids) batches: shuffled per epoch by ``seed``."""
     order = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import args_fast
-from tiny_models import EOS, FAMILIES, VOCAB, make_policy, make_reward, padded_prompts
+from tiny_models import FAMILIES, VOCAB, make_policy, make_reward, padded_prompts
 
 
 def run(policy, reward, ids, mask, backend, seed=0, **kw):

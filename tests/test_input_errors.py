@@ -1,6 +1,5 @@
 """Hardening: inputs that used to give silent wrong results or tracebacks now get a clear error
 naming the argument, or are handled (numpy / 0-d tensor scalars, padding ids outside the vocabulary)."""
-import math
 
 import numpy as np
 import pytest

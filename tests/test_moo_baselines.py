@@ -1,6 +1,5 @@
 """The multi-objective baselines' building blocks (args_fast/moo_baselines.py) against slow twins."""
 import copy
-import itertools
 import random
 
 import pytest

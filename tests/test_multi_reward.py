@@ -13,7 +13,7 @@ import torch
 
 import args_fast
 from args_fast import NormalizedReward, RewardHead, TokenReward, calibrate, csrc_ops, store_normalization
-from tiny_models import (ENGINE_VARIANTS, VOCAB, make_model, padded_prompts, PARITY_LENGTHS as LENGTHS,
+from tiny_models import (ENGINE_VARIANTS, make_model, padded_prompts, PARITY_LENGTHS as LENGTHS,
                          assert_same_output as assert_same, generate_padded as run, most_staggered_eos)
 
 HEAD_BACKENDS = (("hf", "static") + (("static-csrc",) if csrc_ops.available() else ())

@@ -18,7 +18,7 @@ from args_fast import parallel
 from args_fast.cli import main
 from args_fast.evaluation import run as eval_run
 from args_fast.evaluation.run import add_eval_arguments, read_jsonl, run_eval
-from tiny_models import VOCAB, make_chat_tokenizer, make_model, make_pair, padded_prompts, save_models
+from tiny_models import make_chat_tokenizer, make_pair, padded_prompts, save_models
 
 TIMES = {"elapsed", "seconds"}
 METHODS = "greedy,top-k,args-greedy,args-stochastic"

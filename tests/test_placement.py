@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 import args_fast
-from args_fast.backends.registry import BackendUnavailable
 from args_fast.cli import main
 from args_fast.models import load_models
 from tiny_models import make_chat_tokenizer, make_policy, make_reward, padded_prompts, save_models

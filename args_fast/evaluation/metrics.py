@@ -192,6 +192,29 @@ def harmlessness(texts: Sequence[str]) -> list[float]:
     return [1.0 - float(p) for p in predict_prob(list(texts))]
 
 
+class TfidfRelevance:
+    """A held-out relevance judge with no trained weights: the TF-IDF cosine of the user's message and the
+    reply (scikit-learn's ``TfidfVectorizer``, English stop words, fitted on the first ``n`` messages of
+    the chitchat *train* split). It shares nothing with MiniLM, the relevance labeller."""
+
+    def __init__(self, n: int = 5000):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        from .. import chitchat
+        texts = []
+        for _, conv in chitchat.conversations("train"):
+            texts += [m["text"] for turn in conv["messages"] for m in turn]
+            if len(texts) >= n:
+                break
+        self.vectorizer = TfidfVectorizer(stop_words="english").fit(texts[:n])
+
+    def __call__(self, prompts: Sequence[str], replies: Sequence[str]) -> list[float]:
+        if len(prompts) != len(replies):
+            raise ValueError(f"{len(prompts)} prompts but {len(replies)} replies")
+        a, b = self.vectorizer.transform(list(prompts)), self.vectorizer.transform(list(replies))
+        return [float(x) for x in a.multiply(b).sum(1).A1]   # rows are L2-normalised: the cosine
+
+
 def judge_scores(embedder: SentenceEmbedder, texts: Sequence[str]) -> dict[str, list[float]]:
     return {"vader": vader(texts), "minilm_positivity": minilm_positivity(embedder, texts),
             "harmlessness": harmlessness(texts)}

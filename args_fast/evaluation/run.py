@@ -194,9 +194,7 @@ class Evaluation:
         else:
             generator = torch.Generator().manual_seed(parallel.prompt_seed(self.args.seed, indices[0]))
         start = time.perf_counter()
-        rows, stops = run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
-                                max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids, pad_id=self.pad_id,
-                                generator=generator, backend=self.args.backend, decoder=decoder)
+        rows, stops = self.decode_batch(method, j, generator, decoder)
         elapsed = (time.perf_counter() - start) / len(chunk)
         # the reward scores prompt + continuation, with the EOS that ended it (the reward model
         # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
@@ -211,6 +209,13 @@ class Evaluation:
                             "options": method.options, "_ids": prompt_ids + gen + stop,
                             "_prompt_len": len(prompt_ids)})
         return records
+
+    def decode_batch(self, method: Method, j: int, generator, decoder):
+        """(continuation ids per row, ``[eos]`` or ``[]`` per row) of batch ``j`` under ``method``."""
+        _, ids, mask, _ = self.batches[j]
+        return run_batch(method, self.policy, self.reward, self.tokenizer, ids, mask,
+                         max_new_tokens=self.args.max_new_tokens, eos_ids=self.eos_ids, pad_id=self.pad_id,
+                         generator=generator, backend=self.args.backend, decoder=decoder)
 
     def setup_key(self) -> dict:
         """What every record of a run depends on besides its method: stored with unfinished work, which
@@ -355,7 +360,7 @@ def markdown_table(summary: dict, header: dict, title: str) -> str:
 def command_line(name: str) -> str:
     """The command as typed: ``args-fast eval ...`` or ``python -m args_fast.evaluation.run ...``."""
     argv = [shlex.quote(a) for a in sys.argv]
-    module = {"eval": "run", "sweep": "sweep"}[name]
+    module = {"eval": "run", "sweep": "sweep", "pareto": "pareto"}[name]
     if sys.argv and sys.argv[0].endswith(f"evaluation/{module}.py"):
         return " ".join([f"python -m args_fast.evaluation.{module}"] + argv[1:])
     if len(sys.argv) > 1 and sys.argv[1] == name:

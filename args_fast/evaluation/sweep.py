@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 
-from . import metrics
 from .. import parallel
 from .methods import Method
 from ..cli import DefaultsHelpFormatter, run_command

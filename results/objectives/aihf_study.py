@@ -105,7 +105,7 @@ def main():
         idx = pairs["train"]["idx"]
         lengths = data["train"]["lengths"]
         longer = (lengths[idx[:, 0], idx[:, 1]] > lengths[idx[:, 0], idx[:, 2]]).nonzero().flatten().tolist()
-        rows, table = [], {}
+        table = {}
         for variant, pool in (("balanced", list(range(len(idx)))), ("unbalanced (preferred = longer)", longer)):
             for size in SIZES:
                 if size is not None and size > len(pool):

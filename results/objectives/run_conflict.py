@@ -32,7 +32,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import args_fast  # noqa: E402
-from args_fast import chitchat  # noqa: E402
 from args_fast.decoder import cut_at_eos, encode_prompts  # noqa: E402
 from args_fast.default_models import load_default_policy, load_default_reward  # noqa: E402
 from args_fast.evaluation import metrics  # noqa: E402
@@ -42,21 +41,6 @@ from args_fast.reward_training import contexts_of  # noqa: E402
 OUT = Path(__file__).resolve().parent
 NEW, BATCH, K = 48, 8, 10
 METHODS = {"greedy": None, "positivity only": [1.5, 0.0], "relevance only": [0.0, 1.5], "both": [0.75, 0.75]}
-
-
-def tfidf_judge():
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    texts = []
-    for _, conv in chitchat.conversations("train"):
-        texts += [m["text"] for turn in conv["messages"] for m in turn]
-        if len(texts) >= 5000:
-            break
-    vectorizer = TfidfVectorizer(stop_words="english").fit(texts[:5000])
-
-    def score(prompts, replies):
-        a, b = vectorizer.transform(prompts), vectorizer.transform(replies)
-        return [float(x) for x in (a.multiply(b)).sum(1).A1]   # rows are L2-normalised: the cosine
-    return score
 
 
 def mean_se(values):
@@ -78,11 +62,11 @@ def main():
     print(f"calibrated {stats} ({time.perf_counter() - start:.0f}s)", file=sys.stderr)
     prompts = load_prompts()[100:148]
     messages = [p["prompt"] for p in prompts]
-    embedder, tfidf = metrics.SentenceEmbedder(), tfidf_judge()
+    embedder, tfidf = metrics.SentenceEmbedder(), metrics.TfidfRelevance()
     results, texts = {}, {}
     for name, w in METHODS.items():
         t0 = time.perf_counter()
-        replies, scores = [], []
+        replies = []
         for i in range(0, len(messages), BATCH):
             ids, mask = encode_prompts(tok, messages[i:i + BATCH], chat_template=True)
             if w is None:

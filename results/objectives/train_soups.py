@@ -14,7 +14,6 @@ ended). LoRA r 8, alpha 16 on q_proj and v_proj of every layer, AdamW lr 5e-4, b
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from args_fast import reward_training as rt  # noqa: E402
 from args_fast.decoder import encode_prompts  # noqa: E402
 from args_fast.default_models import cache_root, load_default_policy  # noqa: E402
-from args_fast.lora_sft import add_lora, remove_lora, train_sft  # noqa: E402
+from args_fast.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "adapters"
 SETTINGS = {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "lr": 5e-4, "batch_size": 8, "epochs": 1,
@@ -39,7 +38,6 @@ def main():
     args = parser.parse_args()
     model, tok = load_default_policy()
     cfg = rt.DataConfig(800, 4, 64, 1.0, 10, 0, 64)
-    OUT.mkdir(parents=True, exist_ok=True)
     for objective in args.objectives.split(","):
         start = time.perf_counter()
         data = rt.split_data(model, tok, "train", cfg, None, objective)
@@ -53,18 +51,12 @@ def main():
         losses = train_sft(model, examples, pad_id=tok.pad_token_id, lr=SETTINGS["lr"],
                            batch_size=SETTINGS["batch_size"], epochs=SETTINGS["epochs"], seed=SETTINGS["seed"],
                            work_dir=cache_root() / "soups" / objective, save_every=10)
-        adapter = remove_lora(model)
-        from safetensors.torch import save_file
-        tensors = {f"{name}.{part}": t.contiguous() for name, (a, b, _) in adapter.items()
-                   for part, t in (("A", a), ("B", b))}
-        save_file(tensors, str(OUT / f"{objective}.safetensors"))
-        (OUT / f"{objective}.safetensors").chmod(0o644)     # save_file creates it owner-only
-        meta = {"objective": objective, "settings": SETTINGS, "scale": SETTINGS["alpha"] / SETTINGS["r"],
-                "examples": len(examples), "mean_target_label": float(data["judge"].max(1).values.mean()),
+        meta = {"objective": objective, "settings": SETTINGS, "examples": len(examples),
+                "mean_target_label": float(data["judge"].max(1).values.mean()),
                 "mean_label_of_all_samples": float(data["judge"].mean()),
                 "losses_this_run": losses, "seconds_this_run": round(time.perf_counter() - start, 1),
                 "command": "python results/objectives/train_soups.py", "torch": torch.__version__}
-        (OUT / f"{objective}.json").write_text(json.dumps(meta, indent=1) + "\n")
+        save_adapter(OUT / objective, remove_lora(model), meta)
         print(f"{objective}: {len(losses)} steps, last loss {losses[-1] if losses else float('nan'):.4f}, "
               f"{meta['seconds_this_run']:.0f}s", file=sys.stderr)
 
