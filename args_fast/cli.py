@@ -353,7 +353,7 @@ def run_generate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="args-fast", description="ARGS: alignment as reward-guided search",
                                      formatter_class=DefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="subcommand", required=True)
     about = "greedy vs ARGS continuations side by side, with rewards and times"
     gen = sub.add_parser("generate", help=about, description=about, formatter_class=DefaultsHelpFormatter)
     gen.add_argument("--prompt", action="append", help="a prompt (repeatable; default: none, give this or "
@@ -449,7 +449,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write("args-fast: interrupted\n")
         raise SystemExit(130) from None
-    return run_command(f"args-fast {args.command}", args.func, args)
+    return run_command(f"args-fast {args.subcommand}", args.func, args)
 
 
 if __name__ == "__main__":

@@ -258,11 +258,55 @@ def per_length_accuracy(data, pairs, w) -> dict:
                      "pairs": int(pairs["prefix_ok"][:, p].sum())} for p, t in enumerate(PREFIX_LENGTHS)}
 
 
+# --------------------------------------------------------------------------------------- demonstrations
+@torch.no_grad()
+def human_features(model, tokenizer, contexts: list[str], replies: list, batch: int = 16):
+    """(feature (H,) or None per context, the human reply kept or None): the backbone's final hidden
+    state at <|im_end|> after the chat-templated context + the human reply (10-300 characters)."""
+    from .decoder import encode_prompts
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    feats, texts = [None] * len(contexts), [None] * len(contexts)
+    keep = [i for i, r in enumerate(replies) if r is not None and 10 <= len(r) <= 300]
+    for b0 in range(0, len(keep), batch):
+        idx = keep[b0:b0 + batch]
+        seqs = [encode_prompts(tokenizer, [contexts[i]], chat_template=True)[0][0].tolist()
+                + tokenizer(replies[i], add_special_tokens=False).input_ids + [eos] for i in idx]
+        width = max(map(len, seqs))
+        ids = torch.full((len(seqs), width), eos)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for r, s in enumerate(seqs):
+            ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
+        hidden = model.model(input_ids=ids, attention_mask=mask,
+                             position_ids=positions_from_mask(mask)).last_hidden_state[:, -1]
+        for r, i in enumerate(idx):
+            feats[i], texts[i] = hidden[r].float(), replies[i]
+    return feats, texts
+
+
+def demonstration_pairs(data: dict, human: tuple, objective: str, quantile: float = 0.75) -> tuple[torch.Tensor, dict]:
+    """AIHF (Li et al., 2025): a demonstration (the human turn that followed the context) the labeller
+    rates at least the ``quantile`` of the policy's own train replies is preferred over every one of
+    the policy's replies to that context. Returns the pairs' full-reply feature differences
+    ``(pairs, H)`` and what was kept."""
+    feats, texts = human
+    kept = [i for i, f in enumerate(feats) if f is not None]
+    judged = objective_scores(objective, [data["contexts"][i] for i in kept], [[texts[i]] for i in kept])[:, 0] \
+        if kept else torch.zeros(0)
+    threshold = float(data["judge"].flatten().quantile(quantile))
+    demos = [i for i, j in zip(kept, judged.tolist()) if j >= threshold]
+    own = data["features"][..., -1, :]                        # (N, S, H) complete replies
+    diff = torch.cat([feats[i][None].to(own.dtype) - own[i] for i in demos]) if demos else own[:0, 0]
+    return diff, {"human_replies_considered": len(kept), "demonstrations": len(demos), "threshold": threshold,
+                  "quantile": quantile, "pairs": len(diff)}
+
+
 # --------------------------------------------------------------------------------------- main
 def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
                        temperature=1.0, top_k=10, margin=None, prefix_weight=1.0, seed=0, batch_size=64,
                        cache_dir=None, out_dir: str | Path | None = None, command: str = "",
-                       objective: str = "positivity") -> dict:
+                       objective: str = "positivity", demonstrations: bool = False) -> dict:
+    """Fit a linear reward head on the policy's backbone from labeller preference pairs (and, with
+    ``demonstrations``, AIHF's demonstration pairs, :func:`demonstration_pairs`) and write it."""
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     margin = OBJECTIVES[objective]["margin"] if margin is None else margin
@@ -286,6 +330,16 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         if len(diffs[split][0]) == 0:
             raise ValueError(f"no {split} pairs reach margin {margin}: lower --margin or add contexts")
     train_full, train_prefix = diffs["train"]
+    demo_info = None
+    if demonstrations:   # the human turn after each train context, from the same conversations
+        contexts, replies = contexts_of("train", train_contexts, seed, with_replies=True)
+        if contexts != data["train"]["contexts"]:
+            raise RuntimeError("the cached train contexts differ from the chitchat split's: delete the feature cache")
+        demo_diff, demo_info = demonstration_pairs(data["train"], human_features(model, tokenizer, contexts, replies),
+                                                   objective)
+        train_full = torch.cat([train_full, demo_diff.to(train_full.dtype)])
+        print(f"  demonstrations: {demo_info['demonstrations']} of {demo_info['human_replies_considered']} human "
+              f"replies, {demo_info['pairs']} pairs", file=sys.stderr)
     scale = data["train"]["features"].flatten(0, 2).std(0).clamp(min=1e-6)
     fits = []
     for l2 in L2_GRID:
@@ -312,6 +366,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
                                    "labelled with the complete replies' preference",
                    "not_used_for_training": "chitchat human ratings, alt-profanity-check, any other judge than the "
                                             "one above"},
+        "demonstrations": demo_info,
         "data": {"dataset": "chitchat-dataset (args_fast.chitchat, split by conversation id)",
                  "contexts": "one turn (10-300 chars, not the opening greeting) per conversation, as the user turn",
                  "replies": f"{samples} policy samples per context, top-k {top_k}, temperature {temperature}, "
@@ -399,6 +454,9 @@ def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
            "(MiniLM cosine of the user's message and the reply); each ships its own head")
     p("--margin", type=float, default=None,
       help="min labeller difference for a preference pair (default: 0.3 positivity, 0.1 relevance)")
+    p("--demonstrations", action="store_true",
+      help="AIHF: also prefer each train context's human reply (the next chitchat turn) over the policy's own "
+           "replies where the labeller rates it in the top quarter of those replies (default: off)")
     p("--prefix-weight", type=float, default=1.0, help="weight of the equal-length prefix pairs in the loss")
     p("--seed", type=int, default=0, help="seed of the context choice, the sampling and the bootstrap")
     p("--batch-size", type=int, default=64, help="replies per forward (samples x contexts)")
@@ -409,7 +467,7 @@ def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 
 
 _CLI_KEYS = ("objective", "train_contexts", "val_contexts", "test_contexts", "samples", "max_new_tokens", "temperature", "top_k",
-             "margin", "prefix_weight", "seed")
+             "margin", "prefix_weight", "seed", "demonstrations")
 
 
 def run_train_rm(args) -> int:
@@ -419,13 +477,15 @@ def run_train_rm(args) -> int:
         make_out_dir("--out-dir", args.out_dir)
     if args.cache_dir is not None:
         make_out_dir("--cache-dir", args.cache_dir)
-    command = "args-fast train-rm " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in sorted(vars(args).items())
-                                               if k in _CLI_KEYS and v is not None)
+    command = "args-fast train-rm " + " ".join(f"--{k.replace('_', '-')}" + ("" if v is True else f" {v}")
+                                               for k, v in sorted(vars(args).items())
+                                               if k in _CLI_KEYS and v is not None and v is not False)
     report = train_reward_model(
         train_contexts=args.train_contexts, val_contexts=args.val_contexts, test_contexts=args.test_contexts,
         samples=args.samples, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
         margin=args.margin, prefix_weight=args.prefix_weight, seed=args.seed, batch_size=args.batch_size,
-        cache_dir=args.cache_dir, out_dir=args.out_dir, command=command, objective=args.objective)
+        cache_dir=args.cache_dir, out_dir=args.out_dir, command=command, objective=args.objective,
+        demonstrations=args.demonstrations)
     print(json.dumps({k: report[k] for k in ("data", "fit", "results", "check_model_vs_features_abs_diff")}, indent=1))
     return 0
 

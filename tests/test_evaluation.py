@@ -183,3 +183,12 @@ def test_eval_with_an_implicit_reward(tiny_dir, tmp_path):
             lr = torch.log_softmax(ref(seq[None]).logits[0], -1)
         want = 0.5 * sum(float(lp[s - 1, seq[s]] - lr[s - 1, seq[s]]) for s in range(len(prompt), len(seq)))
         assert abs(r["reward"] - want) < 1e-3, (r["reward"], want)
+
+
+def test_the_recorded_command_is_the_one_typed(monkeypatch):
+    """Result files record the command line as typed (it was once just "eval": the subcommand's name)."""
+    from args_fast.cli import build_parser
+    from args_fast.evaluation.run import command_line
+    monkeypatch.setattr("sys.argv", ["/x/.venv/bin/args-fast", "sweep", "--ks", "2,3"])
+    assert command_line("sweep") == "args-fast sweep --ks 2,3"
+    assert not hasattr(build_parser().parse_args(["pareto"]), "command")

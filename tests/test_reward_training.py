@@ -131,3 +131,24 @@ def test_unknown_objective_fails_before_any_work(monkeypatch):
     args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
     assert args.objective == "relevance" and args.margin is None and args.out_dir is None
     assert rt.objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
+
+
+def test_demonstration_pairs_follow_the_quantile():
+    """AIHF pairs by hand: a human reply rated at least the 75th percentile of the policy's own replies
+    becomes one pair per own reply (its feature minus theirs); the others and missing replies none."""
+    g = torch.Generator().manual_seed(0)
+    contexts = ["I love sunny days at the beach", "My day was long", "Any plans for the weekend?"]
+    data = {"contexts": contexts, "features": torch.randn(3, 2, len(rt.PREFIX_LENGTHS) + 1, 5, generator=g),
+            "judge": torch.tensor([[0.0, 0.1], [0.2, 0.3], [0.4, 0.5]])}
+    human_texts = ["What a wonderful, happy, lovely day!", "I hate this awful day.", None]
+    feats = [torch.randn(5, generator=g), torch.randn(5, generator=g), None]
+    diff, info = rt.demonstration_pairs(data, (feats, human_texts), "positivity")
+    assert info["threshold"] == pytest.approx(float(data["judge"].flatten().quantile(0.75)))
+    assert info["human_replies_considered"] == 2 and info["demonstrations"] == 1 and info["pairs"] == 2
+    torch.testing.assert_close(diff, feats[0][None] - data["features"][0, :, -1])
+
+
+def test_demonstrations_flag():
+    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
+    assert args.demonstrations is True
+    assert rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False

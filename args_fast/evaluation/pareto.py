@@ -387,6 +387,7 @@ def cost_table(ev: ParetoEvaluation, cells: list[dict], calibration: dict) -> di
     for method in dict.fromkeys(c["method"] for c in cells):
         times = sorted(c["ms_per_token"] for c in cells if c["method"] == method)
         out[method] = {"training_minutes": train.get(method), "decode_ms_per_token": times[len(times) // 2],
+                       "decode_minutes_all_cells": sum(c["seconds"] for c in cells if c["method"] == method) / 60,
                        "weights_mb": memory[method] / 2**20}
     if "args" in out:
         out["args"]["calibration_seconds"] = calibration["seconds"]
@@ -449,12 +450,12 @@ def report(ev: ParetoEvaluation, cells: list[dict], per_prompt: dict, calibratio
         for space, h in hv.items():
             lines.append(f"| {space} | " + " | ".join(f"{h['share_of_resamples_larger'][f'args > {m}']:.3f}"
                                                        for m in others) + " |")
-    lines += ["", "## Cost", "", "| Method | training (min) | decode ms/token (median over its cells) | weights (MB) |",
-              "|---|---|---|---|"]
+    lines += ["", "## Cost", "", "| Method | training (min) | decode ms/token (median over its cells) | "
+              "decoding, all its cells (min) | weights (MB) |", "|---|---|---|---|---|"]
     for method, c in costs.items():
         t = c["training_minutes"]
         lines.append(f"| {NAMES[method]} | {'-' if t is None else f'{t:.1f}'} | {c['decode_ms_per_token']:.1f} | "
-                     f"{c['weights_mb']:.0f} |")
+                     f"{c['decode_minutes_all_cells']:.1f} | {c['weights_mb']:.0f} |")
     lines += ["", "Training minutes: ARGS, the two reward heads' `args-fast train-rm` runs (their reward_model.json; "
               "each includes sampling the policy's replies for its train, val and test contexts); the others, the "
               "LoRA adapters' own runs (their .json), which reuse train-rm's train samples instead of sampling "
@@ -468,7 +469,7 @@ def report(ev: ParetoEvaluation, cells: list[dict], per_prompt: dict, calibratio
 
 
 def run_pareto(args) -> int:
-    command = getattr(args, "command", None) or command_line("pareto")
+    command = command_line("pareto")
     ev = ParetoEvaluation(args, command)
     args.interrupt_note = ev.saved_note
     cell_dir = ev.out_dir / "cells"

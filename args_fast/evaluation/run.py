@@ -374,7 +374,7 @@ def run_eval(args) -> int:
     default = args.methods == ",".join(available_methods())
     methods = make_methods(METHODS if default else names, k=args.k, w=args.w, temperature=args.temperature,
                            unavailable_ok=default)
-    ev = Evaluation(args, getattr(args, "command", None) or command_line("eval"))
+    ev = Evaluation(args, command_line("eval"))
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     if any(m.is_args for m in methods):
         ev.check_k([args.k])

@@ -76,7 +76,7 @@ def plot(cells: list[dict], ks, out_dir) -> list[str]:
 
 
 def run_sweep(args) -> int:
-    ev = Evaluation(args, getattr(args, "command", None) or command_line("sweep"))
+    ev = Evaluation(args, command_line("sweep"))
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     ev.check_k(args.ks)
     cell_dir = ev.out_dir / "cells"

@@ -35,35 +35,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 from args_fast import reward_training as rt  # noqa: E402
-from args_fast.decoder import encode_prompts  # noqa: E402
 from args_fast.default_models import load_default_policy  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 SIZES = (50, 100, 200, 400, None)
 SEEDS = range(5)
 SPLITS = {"train": 800, "val": 150, "test": 200}
-
-
-@torch.no_grad()
-def human_features(model, tok, contexts, replies, batch=16):
-    """(features (N, H) or None per context, the kept human reply texts)."""
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
-    feats, texts = [None] * len(contexts), [None] * len(contexts)
-    keep = [i for i, r in enumerate(replies) if r is not None and 10 <= len(r) <= 300]
-    for b0 in range(0, len(keep), batch):
-        idx = keep[b0:b0 + batch]
-        prompts = [encode_prompts(tok, [contexts[i]], chat_template=True)[0][0].tolist() for i in idx]
-        seqs = [p + tok(replies[i], add_special_tokens=False).input_ids + [eos] for p, i in zip(prompts, idx)]
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), eos)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for r, s in enumerate(seqs):
-            ids[r, width - len(s):], mask[r, width - len(s):] = torch.tensor(s), 1
-        hidden = model.model(input_ids=ids, attention_mask=mask,
-                             position_ids=rt.positions_from_mask(mask)).last_hidden_state[:, -1]
-        for r, i in enumerate(idx):
-            feats[i], texts[i] = hidden[r].float(), replies[i]
-    return feats, texts
 
 
 def fit_select(train_diff, val_diff, scale):
@@ -82,7 +59,7 @@ def main():
     cfgs = {s: rt.DataConfig(n, 4, 64, 1.0, 10, 0, 64) for s, n in SPLITS.items()}
     report = {"command": "python results/objectives/aihf_study.py", "objectives": {}}
     contexts, replies = rt.contexts_of("train", SPLITS["train"], 0, with_replies=True)
-    human = {"train": human_features(model, tok, contexts, replies)}   # demonstrations: train contexts only
+    human = {"train": rt.human_features(model, tok, contexts, replies)}   # demonstrations: train contexts only
     lines = ["# AIHF-style learning: preference pairs + demonstrations (held-out pair accuracy)", "",
              "- command: `python results/objectives/aihf_study.py` (protocol in its docstring, fixed before the run)",
              "- test accuracy on the test split's labeller pairs, mean ± sd over 5 random subsets of the train pairs", ""]
@@ -94,14 +71,8 @@ def main():
         pairs = {s: rt.make_pairs(d, margin) for s, d in data.items()}
         diffs = {s: rt.pair_features(data[s], pairs[s])[0] for s in SPLITS}
         scale = data["train"]["features"].flatten(0, 2).std(0).clamp(min=1e-6)
-        feats, texts = human["train"]
-        kept = [i for i, f in enumerate(feats) if f is not None]
-        judged = rt.objective_scores(objective, [data["train"]["contexts"][i] for i in kept],
-                                     [[texts[i]] for i in kept])[:, 0]
-        threshold = float(data["train"]["judge"].flatten().quantile(0.75))
-        demos = [i for i, j in zip(kept, judged.tolist()) if j >= threshold]
-        own = data["train"]["features"][..., -1, :]                       # (N, S, H) complete replies
-        demo_diff = torch.cat([feats[i][None] - own[i] for i in demos]) if demos else own[:0, 0]
+        demo_diff, demo_info = rt.demonstration_pairs(data["train"], human["train"], objective)
+        demos, kept, threshold = demo_info["demonstrations"], demo_info["human_replies_considered"], demo_info["threshold"]
         idx = pairs["train"]["idx"]
         lengths = data["train"]["lengths"]
         longer = (lengths[idx[:, 0], idx[:, 1]] > lengths[idx[:, 0], idx[:, 2]]).nonzero().flatten().tolist()
@@ -122,12 +93,12 @@ def main():
                     key = f"{variant}|{size or 'all'}|{'with' if demo else 'without'}"
                     table[key] = {"mean": statistics.mean(accs), "sd": statistics.pstdev(accs), "runs": accs}
                     print(f"{objective} {key}: {table[key]['mean']:.4f}", file=sys.stderr)
-        report["objectives"][objective] = {"pairs": {s: len(diffs[s]) for s in SPLITS}, "demonstrations": len(demos),
-                                           "human_replies_considered": len(kept), "demo_threshold": threshold,
+        report["objectives"][objective] = {"pairs": {s: len(diffs[s]) for s in SPLITS}, "demonstrations": demos,
+                                           "human_replies_considered": kept, "demo_threshold": threshold,
                                            "results": table}
         lines += [f"## {objective} (labeller: {rt.OBJECTIVES[objective]['judge']})", "",
                   f"train / val / test labeller pairs: {len(diffs['train'])} / {len(diffs['val'])} / "
-                  f"{len(diffs['test'])}; demonstrations: {len(demos)} of {len(kept)} human replies (labeller >= "
+                  f"{len(diffs['test'])}; demonstrations: {demos} of {kept} human replies (labeller >= "
                   f"{threshold:.3f}, the 75th percentile of the policy's train replies), each preferred over the "
                   f"policy's 4 replies ({len(demo_diff)} pairs)", "",
                   "| Subset | Pairs | Without demonstrations | With demonstrations | Gain |", "|---|---|---|---|---|"]
