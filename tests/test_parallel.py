@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -18,6 +17,7 @@ from args_fast import parallel
 from args_fast.cli import main
 from args_fast.evaluation import run as eval_run
 from args_fast.evaluation.run import add_eval_arguments, read_jsonl, run_eval
+from processes import process_command, run_processes
 from tiny_models import make_chat_tokenizer, make_pair, padded_prompts, save_models
 
 TIMES = {"elapsed", "seconds"}
@@ -172,22 +172,6 @@ def test_unfinished_work_of_other_settings_is_not_reused(tiny_dir, tmp_path, mon
 
 
 # --------------------------------------------------------------------------------------- real processes
-def process_command(argv, nproc, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("WORLD_SIZE", None)
-    if nproc == 1:
-        return [sys.executable, "-m", "args_fast", *argv], env
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "--log-dir", str(tmp_path / f"torchrun-logs-{time.monotonic_ns()}"), "-m", "args_fast", *argv], env
-
-
-def run_processes(argv, nproc, tmp_path):
-    cmd, env = process_command(argv, nproc, tmp_path)
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert out.returncode == 0, out.stderr[-3000:]
-    return out
-
-
 def kill_after_first_batches(argv, nproc, tmp_path, part_dir):
     """Start the command and SIGKILL all its processes (no cleanup runs) once a batch is on disk."""
     cmd, env = process_command(argv, nproc, tmp_path)

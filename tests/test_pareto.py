@@ -10,6 +10,7 @@ from args_fast.evaluation import pareto
 from args_fast.evaluation.pareto import add_pareto_arguments, lambda_grid, run_pareto
 from args_fast.evaluation.run import read_jsonl
 from args_fast.lora_sft import add_lora, load_adapter, remove_lora, save_adapter
+from processes import run_processes
 from tiny_models import make_chat_tokenizer, make_pair
 
 
@@ -43,14 +44,18 @@ def tiny_dir(tmp_path_factory):
     return root
 
 
-def argv(tiny_dir, out, **extra):
+def argv_list(tiny_dir, out, **extra):
     a = ["--policy", str(tiny_dir / "policy"), "--reward-model", str(tiny_dir / "reward"),
          "--relevance-reward-model", str(tiny_dir / "relevance"), "--prompts", str(tiny_dir / "prompts.jsonl"),
          "--out-dir", str(out), "--batch-size", "2", "--num-prompts", "3", "--offset", "0", "--max-new-tokens", "5",
          "--lambdas", "3", "--k", "3", "--calibration-prompts", "4", "--adapters", str(tiny_dir / "adapters")]
     for key, value in extra.items():
         a += [f"--{key.replace('_', '-')}", str(value)]
-    return add_pareto_arguments(argparse.ArgumentParser()).parse_args(a)
+    return a
+
+
+def argv(tiny_dir, out, **extra):
+    return add_pareto_arguments(argparse.ArgumentParser()).parse_args(argv_list(tiny_dir, out, **extra))
 
 
 def without_time(records):
@@ -188,3 +193,18 @@ def test_hypervolume_bootstrap_is_paired_and_centred():
         assert h["share_of_resamples_larger"]["c > a"] == 1.0
         lo, hi = h["interval_95"]["c"]
         assert lo <= h["hypervolume"]["c"] <= hi
+
+
+def test_torchrun_two_processes_write_the_cells_one_process_writes(tiny_dir, full_run, tmp_path):
+    run_processes(["pareto", *argv_list(tiny_dir, tmp_path, methods="greedy,args,ric", threads=1)], 2, tmp_path)
+    cells = sorted(p.name for p in (tmp_path / "cells").glob("*.jsonl"))
+    assert len(cells) == 7
+    for name in cells:   # the same tokens; scores within float noise (1 thread here, 2 in the fixture's run)
+        got, want = read_jsonl(tmp_path / "cells" / name), read_jsonl(full_run / "cells" / name)
+        assert [r["result"] for r in got] == [r["result"] for r in want], name
+        for a, b in zip(got, want):
+            for key, value in b.items():
+                if isinstance(value, float) and key != "elapsed":
+                    assert a[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
+    assert json.loads((tmp_path / "pareto.json").read_text())["machine"]["processes"] == 2
+    assert not (tmp_path / ".partial").exists()

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from . import metrics
+from .. import parallel
 from .methods import Method
 from .run import Evaluation, add_common_arguments, command_line, read_jsonl, write_jsonl
 from ..cli import DefaultsHelpFormatter, check_model_dir, finite_float, int_at_least, positive_int, run_command
@@ -477,6 +478,7 @@ def run_pareto(args) -> int:
     if key_path.is_file() and json.loads(key_path.read_text()) != ev.setup_key():
         raise ValueError(f"--out-dir {args.out_dir} holds cells of another setup ({key_path}); give a new --out-dir "
                          "or remove that one (its finished cells would not match these settings)")
+    parallel.barrier()   # every rank has compared the old setup before rank 0 writes the new one
     if ev.world.is_main:
         cell_dir.mkdir(exist_ok=True)
         key_path.write_text(json.dumps(ev.setup_key(), indent=1) + "\n")
