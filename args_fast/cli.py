@@ -406,6 +406,14 @@ def _add_optional_commands(sub):
         command.set_defaults(func=func)
 
 
+def module_main(prog: str, doc: str | None, add_arguments, func, argv=None) -> int:
+    """``python -m args_fast.<module>``: the subcommand's parser (``add_arguments``) and ``func`` run as
+    ``args-fast <command>`` runs them (:func:`run_command`)."""
+    parser = add_arguments(argparse.ArgumentParser(prog=prog, description=(doc or "").split("\n")[0],
+                                                   formatter_class=DefaultsHelpFormatter))
+    return run_command(prog, func, parser.parse_args(argv))
+
+
 def _one_line(err: BaseException) -> str:
     return " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
 

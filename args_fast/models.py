@@ -16,6 +16,17 @@ class LoadedModels:
     names: dict = field(default_factory=dict)   # what was loaded, for result headers
 
 
+def weight_bytes(*models) -> int:
+    """Bytes of the distinct storages behind the parameters and buffers of ``models`` (torch modules;
+    anything else is skipped): a backbone shared by a policy and its reward heads counts once."""
+    storages = {}
+    for model in models:
+        if isinstance(model, torch.nn.Module):
+            for t in list(model.parameters()) + list(model.buffers()):
+                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
 
 

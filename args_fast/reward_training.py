@@ -491,10 +491,8 @@ def run_train_rm(args) -> int:
 
 
 def main(argv=None) -> int:
-    from .cli import DefaultsHelpFormatter, run_command
-    parser = add_train_rm_arguments(argparse.ArgumentParser(prog="args-fast train-rm", description=__doc__.split("\n")[0],
-                                                            formatter_class=DefaultsHelpFormatter))
-    return run_command(parser.prog, run_train_rm, parser.parse_args(argv))
+    from .cli import module_main
+    return module_main("args-fast train-rm", __doc__, add_train_rm_arguments, run_train_rm, argv)
 
 
 if __name__ == "__main__":

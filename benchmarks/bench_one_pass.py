@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import args_fast  # noqa: E402
 from args_fast import default_models  # noqa: E402
-from args_fast.models import load_models  # noqa: E402
+from args_fast.models import load_models, weight_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPT, K, W, BETA = 256, 10, 1.0, 1.0
@@ -161,13 +161,8 @@ def memory_child(method: str, new: int) -> None:
     gc.collect()
     reward = getattr(run, "reward", None)
     models = [loaded.policy] + ([m for _, m in reward.extra_models()] if hasattr(reward, "extra_models") else [reward])
-    storages = {}
-    for model in models:
-        if isinstance(model, torch.nn.Module):
-            for t in list(model.parameters()) + list(model.buffers()):
-                storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
     cache = sum(c.nbytes() for c in kv_caches(getattr(run, "engine", None)))
-    print(json.dumps({"weights_mb": sum(storages.values()) / 2**20, "kv_cache_mb": cache / 2**20,
+    print(json.dumps({"weights_mb": weight_bytes(*models) / 2**20, "kv_cache_mb": cache / 2**20,
                       "rss_after_mb": _status_mb("VmRSS"), "peak_rss_mb": _status_mb("VmHWM")}))
 
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from args_fast.evaluation import pareto
+from args_fast.evaluation import metrics, pareto
 from args_fast.evaluation.pareto import add_pareto_arguments, lambda_grid, run_pareto
 from args_fast.evaluation.run import read_jsonl
 from args_fast.lora_sft import add_lora, load_adapter, remove_lora, save_adapter
@@ -185,7 +185,7 @@ def test_hypervolume_bootstrap_is_paired_and_centred():
                       for m in pareto.MEASURES}
             per_prompt[name] = values
             cells.append({"cell": name, "method": method, "lambda": lam,
-                          **{m: pareto.mean_se(v) for m, v in values.items()}})
+                          **{m: metrics.mean_se(v) for m, v in values.items()}})
     hv = pareto.hypervolumes(cells, per_prompt, resamples=200)
     for h in hv.values():
         assert h["hypervolume"]["a"] == h["hypervolume"]["b"]

@@ -29,7 +29,6 @@ import argparse
 import copy
 import hashlib
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -38,8 +37,9 @@ from . import metrics
 from .. import parallel
 from .methods import Method
 from .run import Evaluation, add_common_arguments, command_line, read_jsonl, write_jsonl
-from ..cli import DefaultsHelpFormatter, check_model_dir, finite_float, int_at_least, positive_int, run_command
+from ..cli import check_model_dir, finite_float, int_at_least, module_main, positive_int
 from ..decoder import ARGSDecoder, W_LIMIT, cut_at_eos, encode_prompts
+from ..models import weight_bytes
 
 METHODS = ("greedy", "args", "rs", "mod", "ric")
 ADAPTERS = {"rs": ("positivity", "relevance"), "mod": ("positivity", "relevance"), "ric": ("ric",)}
@@ -93,17 +93,6 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-def weight_bytes(*modules) -> int:
-    """Bytes of the distinct parameter and buffer tensors of ``modules`` (a shared backbone counts once)."""
-    seen, total = set(), 0
-    for m in modules:
-        for t in list(m.parameters()) + list(m.buffers()):
-            if t.data_ptr() not in seen:
-                seen.add(t.data_ptr())
-                total += t.numel() * t.element_size()
-    return total
-
-
 class ParetoEvaluation(Evaluation):
     """The evaluation's models and prompts plus the second reward, the adapters and the extra judges."""
 
@@ -132,6 +121,11 @@ class ParetoEvaluation(Evaluation):
         from ..lora_sft import load_adapter
         for name in sorted({n for m in self.methods for n in ADAPTERS.get(m, ())}):
             self.adapters[name], self.adapter_meta[name] = load_adapter(self.adapter_dir / name)
+        # what the cells depend on besides the base setup, hashed once (setup_key is asked per cell)
+        self.file_hashes = {"adapters": {n: _sha(self.adapter_dir / f"{n}.safetensors") for n in self.adapters}}
+        if args.relevance_reward_model is None:
+            from ..default_models import objective_dir
+            self.file_hashes["relevance_head"] = _sha(objective_dir("relevance") / "reward_score.safetensors")
         self.normalised = None
         self._seen_prompts = {}
 
@@ -158,14 +152,9 @@ class ParetoEvaluation(Evaluation):
     # ------------------------------------------------------------------ setup
     def setup_key(self) -> dict:
         a = self.args
-        key = {**super().setup_key(), "k": a.k, "w": a.w, "lambdas": self.lambdas,
-               "calibration_prompts": a.calibration_prompts,
-               "relevance_reward_model": a.relevance_reward_model or "default",
-               "adapters": {n: _sha(self.adapter_dir / f"{n}.safetensors") for n in self.adapters}}
-        if a.relevance_reward_model is None:
-            from ..default_models import objective_dir
-            key["relevance_head"] = _sha(objective_dir("relevance") / "reward_score.safetensors")
-        return key
+        return {**super().setup_key(), "k": a.k, "w": a.w, "lambdas": self.lambdas,
+                "calibration_prompts": a.calibration_prompts,
+                "relevance_reward_model": a.relevance_reward_model or "default", **self.file_hashes}
 
     def calibrate(self, path: Path) -> list[dict]:
         """Each reward's mean and std over the policy's greedy replies to the calibration contexts, kept in
@@ -173,7 +162,7 @@ class ParetoEvaluation(Evaluation):
         from ..objectives import NormalizedReward, calibrate
         from ..reward_training import contexts_of
         key = {"models": self.model_names, "calibration_prompts": self.args.calibration_prompts,
-               "max_new_tokens": self.args.max_new_tokens, "relevance": self.setup_key().get("relevance_head")}
+               "max_new_tokens": self.args.max_new_tokens, "relevance": self.file_hashes.get("relevance_head")}
         saved = json.loads(path.read_text()) if path.is_file() else None
         if saved is None or saved["key"] != key:
             start = time.perf_counter()
@@ -284,14 +273,6 @@ def cells_of(ev: ParetoEvaluation) -> list[tuple[str, Method]]:
     return out
 
 
-def mean_se(values) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n)
-
-
 MEASURES = ("minilm_positivity", "tfidf_relevance", "vader", "coherence", "reward", "reward_relevance",
             "harmlessness", "diversity", "num_tokens")
 
@@ -300,7 +281,7 @@ def summarize_cell(name: str, method: str, records: list[dict]) -> dict:
     tokens = sum(r["num_tokens"] for r in records)
     seconds = sum(r["elapsed"] for r in records)   # elapsed = the batch's wall time / its rows
     return {"cell": name, "method": method, "lambda": records[0].get("lambda"), "options": records[0]["options"],
-            **{m: mean_se([r[m] for r in records]) for m in MEASURES},
+            **{m: metrics.mean_se([r[m] for r in records]) for m in MEASURES},
             "seconds": seconds, "ms_per_token": 1000 * seconds / max(tokens, 1)}
 
 
@@ -507,9 +488,7 @@ def run_pareto(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_pareto_arguments(argparse.ArgumentParser(prog="args-fast pareto", description=__doc__.split("\n")[0],
-                                                          formatter_class=DefaultsHelpFormatter))
-    return run_command(parser.prog, run_pareto, parser.parse_args(argv))
+    return module_main("args-fast pareto", __doc__, add_pareto_arguments, run_pareto, argv)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from .methods import METHODS, Method, args_decoder, available_methods, contrasti
 from .prompts import PROMPTS_FILE, select
 from ..cli import (add_placement_arguments, add_vocab_reward_arguments, placement, check_model_dir, check_reward_flags, finite_float, int_at_least,
                    load_reward, load_user_models, positive_int, read_user_text,
-                   run_command, seed_int, text_lines, weight_float, DefaultsHelpFormatter)
+                   module_main, seed_int, text_lines, weight_float)
 from ..decoder import BACKENDS, encode_prompts
 from ..models import check_placement
 
@@ -408,9 +408,7 @@ def run_eval(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_eval_arguments(argparse.ArgumentParser(prog="args-fast eval", description=__doc__.split("\n")[0],
-                                                        formatter_class=DefaultsHelpFormatter))
-    return run_command(parser.prog, run_eval, parser.parse_args(argv))
+    return module_main("args-fast eval", __doc__, add_eval_arguments, run_eval, argv)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import sys
 
 from .. import parallel
 from .methods import Method
-from ..cli import DefaultsHelpFormatter, run_command
+from ..cli import module_main
 from ..decoder import W_LIMIT
 from .run import (Evaluation, _fmt, add_common_arguments, command_line, read_jsonl, summarize, write_jsonl)
 
@@ -148,9 +148,7 @@ def run_sweep(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = add_sweep_arguments(argparse.ArgumentParser(prog="args-fast sweep", description=__doc__.split("\n")[0],
-                                                         formatter_class=DefaultsHelpFormatter))
-    return run_command(parser.prog, run_sweep, parser.parse_args(argv))
+    return module_main("args-fast sweep", __doc__, add_sweep_arguments, run_sweep, argv)
 
 
 if __name__ == "__main__":

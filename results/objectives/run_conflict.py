@@ -21,7 +21,6 @@ Protocol, fixed before the first run:
 from __future__ import annotations
 
 import json
-import math
 import platform
 import sys
 import time
@@ -41,13 +40,6 @@ from args_fast.reward_training import contexts_of  # noqa: E402
 OUT = Path(__file__).resolve().parent
 NEW, BATCH, K = 48, 8, 10
 METHODS = {"greedy": None, "positivity only": [1.5, 0.0], "relevance only": [0.0, 1.5], "both": [0.75, 0.75]}
-
-
-def mean_se(values):
-    n = len(values)
-    mean = sum(values) / n
-    var = sum((v - mean) ** 2 for v in values) / (n - 1)
-    return mean, math.sqrt(var / n)
 
 
 def main():
@@ -87,9 +79,9 @@ def main():
         texts[name] = replies
         print(f"{name}: {seconds:.0f}s", file=sys.stderr)
     judges = ("vader", "minilm_positivity", "minilm_relevance", "tfidf_relevance")
-    summary = {name: {j: mean_se(r["per_prompt"][j]) for j in judges} for name, r in results.items()}
+    summary = {name: {j: metrics.mean_se(r["per_prompt"][j]) for j in judges} for name, r in results.items()}
     a, b = results["positivity only"]["per_prompt"], results["relevance only"]["per_prompt"]
-    paired = {j: mean_se([x - y for x, y in zip(a[j], b[j])]) for j in judges}
+    paired = {j: metrics.mean_se([x - y for x, y in zip(a[j], b[j])]) for j in judges}
     import transformers
     meta = {"command": "python results/objectives/run_conflict.py", "normalisation": stats,
             "machine": {"cpu_count": __import__("os").cpu_count(), "torch": torch.__version__,

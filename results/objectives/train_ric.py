@@ -30,20 +30,18 @@ from args_fast.decoder import encode_prompts  # noqa: E402
 from args_fast.default_models import cache_root, load_default_policy  # noqa: E402
 from args_fast.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
 from args_fast.moo_baselines import ric_prompt  # noqa: E402
+from train_soups import SETTINGS, TRAIN_DATA  # noqa: E402  (the Rewarded Soups adapters' settings and data)
 
 OUT = Path(__file__).resolve().parent / "adapters"
 OBJECTIVES = ("positivity", "relevance")
-SETTINGS = {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "lr": 5e-4, "batch_size": 8, "epochs": 1,
-            "seed": 0}
 
 
 def main():
     start = time.perf_counter()
     model, tok = load_default_policy()
-    cfg = rt.DataConfig(800, 4, 64, 1.0, 10, 0, 64)
     labels, data = [], None
     for objective in OBJECTIVES:
-        data = rt.split_data(model, tok, "train", cfg, None, objective)
+        data = rt.split_data(model, tok, "train", TRAIN_DATA, None, objective)
         labels.append(data["judge"].float())
     norm = [{"mean": float(x.mean()), "std": float(x.std())} for x in labels]
     z = torch.stack([(x - n["mean"]) / n["std"] for x, n in zip(labels, norm)], -1)    # (N, S, 2)

@@ -28,6 +28,7 @@ from args_fast.default_models import cache_root, load_default_policy  # noqa: E4
 from args_fast.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "adapters"
+TRAIN_DATA = rt.DataConfig(800, 4, 64, 1.0, 10, 0, 64)   # train-rm's default train split: its feature cache
 SETTINGS = {"r": 8, "alpha": 16.0, "targets": ["q_proj", "v_proj"], "lr": 5e-4, "batch_size": 8, "epochs": 1,
             "seed": 0}
 
@@ -37,10 +38,9 @@ def main():
     parser.add_argument("--objectives", default="positivity,relevance")
     args = parser.parse_args()
     model, tok = load_default_policy()
-    cfg = rt.DataConfig(800, 4, 64, 1.0, 10, 0, 64)
     for objective in args.objectives.split(","):
         start = time.perf_counter()
-        data = rt.split_data(model, tok, "train", cfg, None, objective)
+        data = rt.split_data(model, tok, "train", TRAIN_DATA, None, objective)
         best = data["judge"].argmax(1)
         examples = []
         for i, context in enumerate(data["contexts"]):
