@@ -6,7 +6,7 @@ with torch's bundled pybind11 headers, so install with ``pip install --no-build-
 torch has CUDA and nvcc is found; ``ARGS_FAST_BUILD_CUDA=0/1`` forces the choice and
 ``ARGS_FAST_CUDA_ARCHS`` (e.g. "90") sets CMAKE_CUDA_ARCHITECTURES. A failed or impossible build
 never fails the install: it prints a warning, writes the reason to args_fast/_C_build_error.txt, and
-``args_fast.csrc_ops.available()`` then returns False with that reason.
+``args_fast.engine.csrc_ops.available()`` then returns False with that reason.
 """
 import os
 import shutil

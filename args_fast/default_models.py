@@ -186,7 +186,7 @@ def build_reward_model(backbone_dir, score_weight: torch.Tensor, dtype=torch.flo
 
     With ``backbone`` (the policy's ``LlamaModel``, loaded from the same directory) the reward model
     uses that module itself: one copy of the weights in memory, and ARGS recognises the shared backbone
-    and scores candidates in the policy's own pass (``args_fast.reward_head``)."""
+    and scores candidates in the policy's own pass (``args_fast.rewards.head``)."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, LlamaForSequenceClassification
 

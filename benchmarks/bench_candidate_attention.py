@@ -73,8 +73,8 @@ def environment(device):
 
 def gpu(args):
     import triton
-    from args_fast.kernels import candidate_attention
-    from args_fast.ops import candidate_attention as candidate_attention_reference
+    from args_fast.engine.kernels import candidate_attention
+    from args_fast.engine.ops import candidate_attention as candidate_attention_reference
 
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
     env = environment(device)
@@ -124,8 +124,8 @@ def gpu(args):
 
 
 def interpreter_smoke():
-    from args_fast.kernels import candidate_attention
-    from args_fast.ops import candidate_attention as candidate_attention_reference
+    from args_fast.engine.kernels import candidate_attention
+    from args_fast.engine.ops import candidate_attention as candidate_attention_reference
 
     print("no CUDA device: skipping the GPU benchmark; running a tiny interpreter smoke check instead "
           "(times below are Triton-interpreter times, NOT performance numbers)")

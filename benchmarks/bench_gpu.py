@@ -290,11 +290,11 @@ def main(argv=None):
     if not args.dry_run_cpu and not torch.cuda.is_available():
         sys.exit("bench_gpu.py: no CUDA device is visible (torch.cuda.is_available() is False); this benchmark "
                  "needs a GPU. Use --dry-run-cpu to check the script on tiny CPU shapes.")
-    from args_fast.backends import registry
-    from args_fast.backends.static_engine import build_static_engine
-    from args_fast.decoder import ARGSDecoder
-    from args_fast.reward_head import RewardHead
-    from args_fast.vocab_rewards import ImplicitReward
+    from args_fast.engine.backends import registry
+    from args_fast.engine.backends.static_engine import build_static_engine
+    from args_fast.decoding.decoder import ARGSDecoder
+    from args_fast.rewards.head import RewardHead
+    from args_fast.rewards.vocab import ImplicitReward
 
     device = torch.device("cpu" if args.dry_run_cpu else "cuda")
     dtype = getattr(torch, args.dtype)

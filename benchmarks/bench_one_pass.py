@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 import args_fast  # noqa: E402
 from args_fast import default_models  # noqa: E402
-from args_fast.models import load_models, weight_bytes  # noqa: E402
+from args_fast.loading import load_models, weight_bytes  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PROMPT, K, W, BETA = 256, 10, 1.0, 1.0
@@ -53,7 +53,7 @@ METHODS = ("hf_greedy_generate", "fused_hf", "fused_static", "unfused_hf", "impl
 def prompts(tokenizer, batch: int) -> torch.Tensor:
     """``batch`` chat prompts of exactly PROMPT tokens: turns of chitchat test conversations as one user
     message, its text cut to fit inside the chat template."""
-    from args_fast.chitchat import conversations
+    from args_fast.data.chitchat import conversations
     marker = "\u2063MSG\u2063"
     templated = tokenizer.apply_chat_template([{"role": "user", "content": marker}], tokenize=False,
                                               add_generation_prompt=True)
@@ -140,7 +140,7 @@ def _status_mb(field: str) -> float:
 
 def kv_caches(obj, depth: int = 0, seen=None) -> list:
     """Every static KV cache an engine holds, found through its attributes (runners, taps, lists)."""
-    from args_fast.kv_cache import StaticKVCache
+    from args_fast.engine.kv_cache import StaticKVCache
     seen = set() if seen is None else seen
     if obj is None or id(obj) in seen or depth > 5 or isinstance(obj, (torch.nn.Module, torch.Tensor)):
         return []

@@ -68,8 +68,8 @@ def environment(device):
 
 def gpu(args):
     import triton
-    from args_fast.kernels import select_commit
-    from args_fast.ops import select_commit as select_commit_reference
+    from args_fast.engine.kernels import select_commit
+    from args_fast.engine.ops import select_commit as select_commit_reference
 
     device, dtype = torch.device("cuda"), DTYPES[args.dtype]
     env = environment(device)
@@ -118,8 +118,8 @@ def gpu(args):
 
 
 def interpreter_smoke():
-    from args_fast.kernels import select_commit
-    from args_fast.ops import select_commit as select_commit_reference
+    from args_fast.engine.kernels import select_commit
+    from args_fast.engine.ops import select_commit as select_commit_reference
 
     print("no CUDA device: skipping the GPU benchmark; running a tiny interpreter smoke check instead "
           "(no performance numbers)")

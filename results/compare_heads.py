@@ -6,7 +6,7 @@ conversation). Reads the cached features of `args-fast train-rm` (run that first
 """
 from safetensors.torch import load_file
 
-from args_fast import reward_training as rt
+from args_fast.training import reward_heads as rt
 from args_fast.default_models import REWARD_WEIGHTS, load_default_policy
 
 _, tokenizer = load_default_policy()

@@ -7,7 +7,7 @@ import random
 
 import numpy as np
 
-from args_fast.chitchat import conversations
+from args_fast.data.chitchat import conversations
 from args_fast.evaluation import metrics
 
 texts = [t for _, c in conversations("val") for turn in c["messages"][:6]

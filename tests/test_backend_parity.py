@@ -90,7 +90,7 @@ def test_attention_implementations(attn):
 def test_reference_reward_is_sequence_classification_score():
     """The reward is what the *ForSequenceClassification model gives for the unpadded sequence."""
     reward = make_reward("llama", 21)
-    from args_fast.backends.reference import ReferenceReward
+    from args_fast.engine.backends.reference import ReferenceReward
     ids, mask = padded_prompts([5], seed=22)
     cands = torch.tensor([[7, 8, 9]])
     ref = ReferenceReward(reward)

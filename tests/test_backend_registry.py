@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from args_fast import ARGSDecoder
-from args_fast.backends import registry, self_check, static_engine
+from args_fast.engine.backends import registry, self_check, static_engine
 from tiny_models import make_policy, make_reward, padded_prompts
 
 

@@ -35,7 +35,7 @@ def test_bad_option_is_one_clear_line(saved, capsys):
 
 
 def test_console_entry_point(saved):
-    out = subprocess.run([sys.executable, "-m", "args_fast.cli", "generate", "--policy", str(saved / "policy"),
+    out = subprocess.run([sys.executable, "-m", "args_fast", "generate", "--policy", str(saved / "policy"),
                           "--reward-model", str(saved / "reward"), "--prompt", "hey", "--max-new-tokens", "3",
                           "--backend", "reference"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
@@ -44,7 +44,7 @@ def test_console_entry_point(saved):
 
 def test_generate_says_which_backend_and_ops_ran(saved, capsys):
     """The old name `cuda` on a machine without CUDA runs the csrc CPU build: the CLI says so."""
-    from args_fast import csrc_ops
+    from args_fast.engine import csrc_ops
     if not csrc_ops.available():
         pytest.skip(csrc_ops.unavailable_reason())
     argv = ["generate", "--policy", str(saved / "policy"), "--reward-model", str(saved / "reward"),

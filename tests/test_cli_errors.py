@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import args_fast.cli as cli
+import args_fast.cli.generate as cli_generate
 from args_fast.cli import main
 from args_fast.evaluation import methods as eval_methods
 from tiny_models import VOCAB, make_chat_tokenizer, save_models
@@ -31,8 +32,7 @@ def no_model_loading(monkeypatch):
     """Any model load fails the test: the error must come before it."""
     def refuse(*args, **kwargs):
         pytest.fail("loaded models before checking the user's inputs")
-    monkeypatch.setattr(cli, "load_models", refuse)
-    monkeypatch.setattr("args_fast.evaluation.run.load_models", refuse, raising=False)
+    monkeypatch.setattr("args_fast.loading.load_models", refuse)
 
 
 def error_line(capsys, argv, code=2, loading=False) -> str:
@@ -134,7 +134,7 @@ def test_prompts_file_read_as_text_mode_open(saved, tmp_path, capsys, monkeypatc
     path = tmp_path / "prompts.txt"
     path.write_bytes("\ufeffone\r\n\r\ntwo\r\n".encode("utf-8"))
     args = cli.build_parser().parse_args(["generate", "--prompts-file", str(path)])
-    assert cli._read_prompts(args) == ["one", "two"]
+    assert cli_generate._read_prompts(args) == ["one", "two"]
 
 
 @pytest.mark.parametrize("command", ["eval", "sweep"])
@@ -188,7 +188,7 @@ def test_eval_ranges_match_the_decoder(argv, flag, capsys, no_model_loading):
 
 
 def test_k_above_vocabulary_fails_before_any_decoding(saved, capsys, monkeypatch):
-    from args_fast.decoder import ARGSDecoder
+    from args_fast.decoding.decoder import ARGSDecoder
 
     def decode(*args, **kwargs):
         pytest.fail("decoded before checking --k")
@@ -205,7 +205,7 @@ def test_k_above_vocabulary_fails_before_any_decoding(saved, capsys, monkeypatch
 
 def test_both_decoders_built_before_either_decodes(saved, capsys, monkeypatch):
     """Every option is checked at ARGSDecoder construction: both exist before the greedy baseline runs."""
-    from args_fast.decoder import ARGSDecoder
+    from args_fast.decoding.decoder import ARGSDecoder
     events = []
     init, generate = ARGSDecoder.__init__, ARGSDecoder.generate
     monkeypatch.setattr(ARGSDecoder, "__init__", lambda self, *a, **kw: (events.append("init"), init(self, *a, **kw))[1])
@@ -234,7 +234,7 @@ def test_normal_output_keeps_its_format(saved, capsys):
 # --------------------------------------------------------------------------------------- Ctrl-C
 @pytest.mark.parametrize("command, module, func", [
     ("generate", "args_fast.cli", "run_generate"),
-    ("train-rm", "args_fast.reward_training", "run_train_rm"),
+    ("train-rm", "args_fast.training.reward_heads", "run_train_rm"),
     ("eval", "args_fast.evaluation.run", "run_eval"),
     ("sweep", "args_fast.evaluation.sweep", "run_sweep"),
 ])
@@ -249,7 +249,7 @@ def test_ctrl_c_is_one_line_and_130(command, module, func, capsys, monkeypatch):
 def test_ctrl_c_while_loading_models(capsys, monkeypatch):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
-    monkeypatch.setattr(cli, "load_models", interrupted)
+    monkeypatch.setattr("args_fast.loading.load_models", interrupted)
     try:
         with pytest.raises(SystemExit) as exc:
             main(["generate", "--prompt", "hi"])
@@ -264,7 +264,7 @@ def test_ctrl_c_while_loading_models(capsys, monkeypatch):
 def test_real_bugs_are_not_swallowed(monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
-    monkeypatch.setattr(cli, "load_models", bug)
+    monkeypatch.setattr("args_fast.loading.load_models", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["generate", "--prompt", "hi"])
 
@@ -272,7 +272,7 @@ def test_real_bugs_are_not_swallowed(monkeypatch):
 def test_os_error_of_the_default_models_is_not_blamed_on_the_user(monkeypatch):
     def broken_cache(*args, **kwargs):
         raise PermissionError("cache not writable")
-    monkeypatch.setattr(cli, "load_models", broken_cache)
+    monkeypatch.setattr("args_fast.loading.load_models", broken_cache)
     with pytest.raises(PermissionError):
         main(["generate", "--prompt", "hi"])
 
@@ -309,16 +309,6 @@ def test_help_shows_every_default(command, capsys):
     assert not missing, f"args-fast {command} --help shows no default for {missing}"
 
 
-@pytest.mark.parametrize("module", ["args_fast.evaluation.run", "args_fast.evaluation.sweep",
-                                    "args_fast.reward_training"])
-def test_standalone_module_help_shows_every_default(module, capsys):
-    with pytest.raises(SystemExit):
-        importlib.import_module(module).main(["--help"])
-    blocks = option_blocks(capsys.readouterr().out)
-    blocks.pop("-h")
-    assert all("default" in text for text in blocks.values())
-
-
 # --------------------------------------------------------------------------------------- contrastive
 @pytest.mark.skipif(not eval_methods.contrastive_unavailable(), reason="contrastive search runs here")
 def test_eval_does_not_offer_contrastive_when_it_cannot_run(capsys, no_model_loading):
@@ -342,7 +332,7 @@ def test_eval_offers_contrastive_when_it_can_run(monkeypatch, capsys):
 # --------------------------------------------------------------------------------------- real processes
 def test_console_script_bad_file_no_traceback(tmp_path):
     script = BIN / "args-fast"
-    argv = [str(script)] if script.exists() else [sys.executable, "-m", "args_fast.cli"]
+    argv = [str(script)] if script.exists() else [sys.executable, "-m", "args_fast"]
     out = subprocess.run([*argv, "generate", "--prompts-file", str(tmp_path / "missing.txt")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
@@ -350,7 +340,7 @@ def test_console_script_bad_file_no_traceback(tmp_path):
 
 
 def test_eval_module_bad_file_no_traceback(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "args_fast.evaluation.run", "--prompts", str(tmp_path / "x.jsonl")],
+    out = subprocess.run([sys.executable, "-m", "args_fast", "eval", "--prompts", str(tmp_path / "x.jsonl")],
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr == f"args-fast eval: error: --prompts {tmp_path / 'x.jsonl'}: no such file\n"

@@ -9,8 +9,8 @@ argument on each call, so the bad-input tests here expect errors naming the argu
 import pytest
 import torch
 
-from args_fast import csrc_ops
-from args_fast.ops import select_commit as select_commit_reference
+from args_fast.engine import csrc_ops
+from args_fast.engine.ops import select_commit as select_commit_reference
 from tiny_models import seeds
 
 pytestmark = pytest.mark.skipif(not csrc_ops.available(), reason=csrc_ops.unavailable_reason())
@@ -47,7 +47,7 @@ def clone(step):
 
 
 def reference(s):
-    """args_fast.ops.select_commit (select_candidates + commit_slots_ + prefix_end += 1) on a copy;
+    """args_fast.engine.ops.select_commit (select_candidates + commit_slots_ + prefix_end += 1) on a copy;
     returns (outputs, mutated state)."""
     s = clone(s)
     out = select_commit_reference(**s)

@@ -225,7 +225,7 @@ def test_prepared_processors_and_criteria_checked():
     from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper
     from transformers.generation.stopping_criteria import EosTokenCriteria, MaxLengthCriteria
 
-    from args_fast import hf_generate
+    from args_fast.integrations import hf_generate
     config = GenerationConfig(do_sample=True, temperature=0.5, max_length=9, eos_token_id=2)
     ok = LogitsProcessorList([TemperatureLogitsWarper(0.5), TopKLogitsWarper(50)])
     assert hf_generate._check_processors(ok, config, 10) == []

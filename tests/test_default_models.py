@@ -135,7 +135,7 @@ def test_cached_policy_matches_the_gguf(policy):
 @needs_gguf
 def test_default_reward_shares_the_policy_vocab(policy):
     from safetensors.torch import load_file
-    from args_fast.decoder import ARGSDecoder
+    from args_fast.decoding.decoder import ARGSDecoder
     model, tok = policy
     reward = dm.load_default_reward()
     assert reward.config.num_labels == 1 and hf.is_scalar_reward_model(reward)
@@ -151,7 +151,7 @@ def test_default_reward_shares_the_policy_vocab(policy):
 def test_default_reward_prefers_upbeat_replies(policy):
     """The shipped head was fit to vader-labelled pairs of policy samples; on clear hand-written pairs
     (not from the training data) the upbeat reply must score higher."""
-    from args_fast.decoder import encode_prompts
+    from args_fast.decoding.inputs import encode_prompts
     _, tok = policy
     reward = dm.load_default_reward()
     prompt = encode_prompts(tok, ["How was your weekend?"], chat_template=True)[0][0]
@@ -171,8 +171,9 @@ def test_default_reward_prefers_upbeat_replies(policy):
 def test_default_models_share_one_backbone_and_run_the_fused_step(policy):
     """load_models() puts the reward head on the policy's own backbone (one copy in memory), the decoder
     recognises it and runs the fused one-pass step, and the reward equals the separate model's."""
-    from args_fast.decoder import ARGSDecoder, encode_prompts
-    from args_fast.models import load_models
+    from args_fast.decoding.decoder import ARGSDecoder
+    from args_fast.decoding.inputs import encode_prompts
+    from args_fast.loading import load_models
     loaded = load_models()
     assert loaded.reward.model is loaded.policy.model
     decoder = ARGSDecoder(loaded.policy, loaded.reward, tokenizer=loaded.tokenizer)

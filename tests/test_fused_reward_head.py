@@ -14,11 +14,12 @@ import pytest
 import torch
 
 import args_fast
-from args_fast import RewardHead, csrc_ops
-from args_fast.backends import registry
-from args_fast.backends.hf_runners import HFFusedEngine
-from args_fast.backends.static_engine import StaticEngine
-from args_fast.reward_head import shares_backbone
+from args_fast import RewardHead
+from args_fast.engine import csrc_ops
+from args_fast.engine.backends import registry
+from args_fast.engine.backends.hf_runners import HFFusedEngine
+from args_fast.engine.backends.static_engine import StaticEngine
+from args_fast.rewards.head import shares_backbone
 from tiny_models import (ENGINE_VARIANTS, VOCAB, make_model, padded_prompts,
                          PARITY_LENGTHS as LENGTHS, assert_same_output as assert_same, generate_padded as run,
                          most_staggered_eos)

@@ -16,10 +16,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from args_fast.kernels import candidate_attention, check_slot_ranges, default_num_splits, supports_head_dim
-from args_fast.kernels.candidate_attention import INTERPRETED
-from args_fast.ops import candidate_attention as reference
-from args_fast.ops import candidate_visibility
+from args_fast.engine.kernels import candidate_attention, check_slot_ranges, default_num_splits, supports_head_dim
+from args_fast.engine.kernels.candidate_attention import INTERPRETED
+from args_fast.engine.ops import candidate_attention as reference
+from args_fast.engine.ops import candidate_visibility
 from tiny_models import seeds
 
 # dtype: (atol, rtol) against the reference on the fp32-upcast inputs.

@@ -12,8 +12,8 @@ or ``=random`` for fresh ones); the seed is in every failure message.
 import pytest
 import torch
 
-from args_fast.kernels import select_commit
-from args_fast.ops import select_commit as select_commit_reference
+from args_fast.engine.kernels import select_commit
+from args_fast.engine.ops import select_commit as select_commit_reference
 from tiny_models import seeds
 
 # dtype of the logits, rewards and K/V caches: (atol, rtol) of the reward and cache comparisons.

@@ -1,4 +1,4 @@
-"""LoRA SFT (args_fast/lora_sft.py): an untrained adapter changes nothing, training lowers the loss,
+"""LoRA SFT (args_fast/training/lora_sft.py): an untrained adapter changes nothing, training lowers the loss,
 the exported adapter merged by interpolate_lora is the trained model, and a cut run resumes to the
 same adapter."""
 import copy
@@ -6,8 +6,8 @@ import copy
 import pytest
 import torch
 
-from args_fast.lora_sft import add_lora, lora_state, remove_lora, train_sft
-from args_fast.moo_baselines import base_weights, interpolate_lora
+from args_fast.training.lora_sft import add_lora, lora_state, remove_lora, train_sft
+from args_fast.training.baselines import base_weights, interpolate_lora
 from tiny_models import make_model, padded_prompts
 
 

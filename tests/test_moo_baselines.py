@@ -1,12 +1,11 @@
-"""The multi-objective baselines' building blocks (args_fast/moo_baselines.py) against slow twins."""
+"""The multi-objective baselines' building blocks (args_fast/training/baselines.py) against slow twins."""
 import copy
 import random
 
 import pytest
 import torch
 
-from args_fast.moo_baselines import (base_weights, hypervolume_2d, interpolate_lora, mod_generate, parse_ric_prompt,
-                                     ric_prompt, ric_targets)
+from args_fast.training.baselines import base_weights, hypervolume_2d, interpolate_lora, mod_generate, parse_ric_prompt, ric_prompt, ric_targets
 from tiny_models import make_model, padded_prompts
 
 

@@ -1,4 +1,4 @@
-"""Several rewards at once (args_fast/objectives.py): score = logit + sum_i w_i * (r_i - mean_i) / std_i.
+"""Several rewards at once (args_fast/rewards/kinds.py): score = logit + sum_i w_i * (r_i - mean_i) / std_i.
 
 Every backend against the reference (tokens identical, each objective's reward within 1e-4, padded
 batches, rows stopping at different steps, greedy and stochastic), and the linear identities: one
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import args_fast
-from args_fast import NormalizedReward, RewardHead, TokenReward, calibrate, csrc_ops, store_normalization
+from args_fast import NormalizedReward, RewardHead, TokenReward, calibrate, store_normalization
+from args_fast.engine import csrc_ops
 from tiny_models import (ENGINE_VARIANTS, make_model, padded_prompts, PARITY_LENGTHS as LENGTHS,
                          assert_same_output as assert_same, generate_padded as run, most_staggered_eos)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import args_fast
-from args_fast.backends import registry
+from args_fast.engine.backends import registry
 from tiny_models import make_policy, make_reward, make_tokenizer, padded_prompts
 
 BACKENDS = ("reference", "hf", "static", "static-triton", "static-csrc")

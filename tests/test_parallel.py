@@ -13,10 +13,12 @@ import pytest
 import torch
 
 import args_fast
-from args_fast import parallel
+from args_fast.integrations import parallel
 from args_fast.cli import main
 from args_fast.evaluation import run as eval_run
-from args_fast.evaluation.run import add_eval_arguments, read_jsonl, run_eval
+from args_fast.cli.eval import add_eval_arguments
+from args_fast.integrations.run_files import read_jsonl
+from args_fast.evaluation.run import run_eval
 from processes import process_command, run_processes
 from tiny_models import make_chat_tokenizer, make_pair, padded_prompts, save_models
 

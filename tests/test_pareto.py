@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from args_fast.evaluation import metrics, pareto
-from args_fast.evaluation.pareto import add_pareto_arguments, lambda_grid, run_pareto
-from args_fast.evaluation.run import read_jsonl
-from args_fast.lora_sft import add_lora, load_adapter, remove_lora, save_adapter
+from args_fast.cli.pareto import add_pareto_arguments
+from args_fast.evaluation.pareto import lambda_grid, run_pareto
+from args_fast.integrations.run_files import read_jsonl
+from args_fast.training.lora_sft import add_lora, load_adapter, remove_lora, save_adapter
 from processes import run_processes
 from tiny_models import make_chat_tokenizer, make_pair
 

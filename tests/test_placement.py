@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM
 
 import args_fast
 from args_fast.cli import main
-from args_fast.models import load_models
+from args_fast.loading import load_models
 from tiny_models import make_chat_tokenizer, make_policy, make_reward, padded_prompts, save_models
 
 
@@ -72,7 +72,7 @@ def test_load_models_places_each_model(tmp_path):
 ])
 @pytest.mark.parametrize("command", ["generate", "eval"])
 def test_placement_errors_name_the_flag_before_loading(command, argv, message, capsys, monkeypatch):
-    monkeypatch.setattr("args_fast.cli.load_models", lambda *a, **k: pytest.fail("loaded models"))
+    monkeypatch.setattr("args_fast.loading.load_models", lambda *a, **k: pytest.fail("loaded models"))
     if "--policy" in argv:   # a path that exists, so the placement check is what fails
         argv = [a if a != "x" else str(make_dir(monkeypatch)) for a in argv]
     prompt = ["--prompt", "hi"] if command == "generate" else []

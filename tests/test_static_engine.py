@@ -10,9 +10,9 @@ import functools
 import pytest
 import torch
 
-from args_fast.backends import registry
-from args_fast.backends.static_engine import OPS_TABLES, BackendUnavailable, build_static_engine
-from args_fast.decoder import ARGSDecoder
+from args_fast.engine.backends import registry
+from args_fast.engine.backends.static_engine import OPS_TABLES, BackendUnavailable, build_static_engine
+from args_fast.decoding.decoder import ARGSDecoder
 from tiny_models import ENGINE_VARIANTS, PAD, make_pair, padded_prompts
 
 STATIC_BACKENDS = tuple(OPS_TABLES)

@@ -8,9 +8,9 @@ import functools
 import pytest
 import torch
 
-from args_fast import ops
-from args_fast.backends.static_engine import sdpa_candidate_attention
-from args_fast.runners import static_runner, unsupported_reason
+from args_fast.engine import ops
+from args_fast.engine.backends.static_engine import sdpa_candidate_attention
+from args_fast.engine.runners import static_runner, unsupported_reason
 from tiny_models import RUNNER_VARIANTS, make_model, padded_prompts, seed_of
 
 VOCAB, CONTEXT = 80, 256

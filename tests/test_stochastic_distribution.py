@@ -5,8 +5,8 @@ import torch
 from scipy.stats import chi2
 
 import args_fast
-from args_fast.backends.reference import ReferencePolicy, ReferenceReward
-from args_fast.ops import args_scores
+from args_fast.engine.backends.reference import ReferencePolicy, ReferenceReward
+from args_fast.engine.ops import args_scores
 from tiny_models import make_policy, make_reward, padded_prompts, seed_of
 
 K, W, T = 6, 0.2, 0.7

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import args_fast
-from args_fast.ops import select_candidates
+from args_fast.engine.ops import select_candidates
 from tiny_models import make_policy, make_reward, make_tokenizer, padded_prompts
 
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import args_fast
-from args_fast import ops
-from args_fast.backends import registry
+from args_fast.engine import ops
+from args_fast.engine.backends import registry
 from tiny_models import make_policy, make_reward, padded_prompts, seeds
 
 
@@ -52,7 +52,7 @@ def test_tie_free_rows_equal_torch_topk(seed):
 
 
 def test_csrc_topk_follows_the_order():
-    from args_fast import csrc_ops
+    from args_fast.engine import csrc_ops
     if not csrc_ops.available():
         pytest.skip(csrc_ops.unavailable_reason())
     for dtype in (torch.float32, torch.bfloat16, torch.float16):

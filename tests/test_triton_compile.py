@@ -209,15 +209,15 @@ def worker(out_path: str, archs: list[int]) -> None:
     # import them that way). If it fails, record it and retry with triton.runtime.interpreter
     # preloaded, so the kernels themselves still get compiled.
     try:
-        ca = importlib.import_module("args_fast.kernels.candidate_attention")
-        sc = importlib.import_module("args_fast.kernels.select_commit")
+        ca = importlib.import_module("args_fast.engine.kernels.candidate_attention")
+        sc = importlib.import_module("args_fast.engine.kernels.select_commit")
     except Exception:
         result["import_error"] = traceback.format_exc(limit=-3)
         importlib.import_module("triton.runtime.interpreter")
-        for name in [m for m in sys.modules if m.startswith("args_fast.kernels")]:
+        for name in [m for m in sys.modules if m.startswith("args_fast.engine.kernels")]:
             del sys.modules[name]
-        ca = importlib.import_module("args_fast.kernels.candidate_attention")
-        sc = importlib.import_module("args_fast.kernels.select_commit")
+        ca = importlib.import_module("args_fast.engine.kernels.candidate_attention")
+        sc = importlib.import_module("args_fast.engine.kernels.select_commit")
 
     jobs = [(f"ca/{ca_id(c)}", _ca_launches, ca, c, [a for a in archs if a == 90 or FULL or c in CA_SM80])
             for c in CA_CONFIGS]

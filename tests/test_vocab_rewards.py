@@ -14,11 +14,12 @@ import torch
 
 import args_fast
 import tiny_models
-from args_fast import ImplicitReward, TokenReward, csrc_ops
-from args_fast.backends.engine import ComposedEngine
-from args_fast.backends.registry import Options
-from args_fast.backends.static_engine import BackendUnavailable
-from args_fast.backends.vocab_reward import build_vocab_engine
+from args_fast import ImplicitReward, TokenReward
+from args_fast.engine import csrc_ops
+from args_fast.engine.backends.base import ComposedEngine
+from args_fast.engine.backends.registry import Options
+from args_fast.engine.backends.static_engine import BackendUnavailable
+from args_fast.engine.backends.vocab_reward import build_vocab_engine
 from tiny_models import VOCAB, assert_same_output as assert_same, make_model, most_staggered_eos, padded_prompts
 
 BACKENDS = (("hf", "static") + (("static-csrc",) if csrc_ops.available() else ())

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig
 
-from ..decoder import ARGSDecoder, cut_at_eos
+from ..decoding.decoder import ARGSDecoder
+from ..decoding.inputs import cut_at_eos
 
 METHODS = ("greedy", "top-k", "nucleus", "contrastive", "args-greedy", "args-stochastic")
 

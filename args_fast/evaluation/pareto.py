@@ -25,7 +25,6 @@ interrupted cell resumes from its finished batches (``.partial/``).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
@@ -34,12 +33,14 @@ import time
 from pathlib import Path
 
 from . import metrics
-from .. import parallel
+from ..integrations import parallel
 from .methods import Method
-from .run import Evaluation, add_common_arguments, command_line, read_jsonl, write_jsonl
-from ..cli import check_model_dir, finite_float, int_at_least, module_main, positive_int
-from ..decoder import ARGSDecoder, W_LIMIT, cut_at_eos, encode_prompts
-from ..models import weight_bytes
+from .run import Evaluation
+from ..integrations.run_files import command_line, read_jsonl, write_jsonl
+from ..loading import check_model_dir
+from ..decoding.decoder import ARGSDecoder
+from ..decoding.inputs import cut_at_eos, encode_prompts
+from ..loading import weight_bytes
 
 METHODS = ("greedy", "args", "rs", "mod", "ric")
 ADAPTERS = {"rs": ("positivity", "relevance"), "mod": ("positivity", "relevance"), "ric": ("ric",)}
@@ -57,28 +58,6 @@ NAMES = {"greedy": "greedy", "args": "ARGS (preference-weighted)", "rs": "Reward
 def lambda_grid(n: int) -> list[float]:
     """``n`` evenly spaced weights of positivity in [0, 1], both ends included."""
     return [round(i / (n - 1), 6) for i in range(n)]
-
-
-def add_pareto_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    # the protocol of the committed run is these defaults: prompts 300-347 of the bundled held-out set
-    # (no other command or study uses them), 48 new tokens, 7 lambdas, k 10, W 1.5 (the weight the
-    # conflict study used before this command existed), 64 calibration contexts
-    add_common_arguments(parser, num_prompts=48, offset=300, max_new_tokens=48, out_dir="results/pareto")
-    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
-    parser.add_argument("--lambdas", type=int_at_least("--lambdas", 2, 101), default=7,
-                        help="points of the preference grid lambda = i / (n - 1) (weight of positivity)")
-    parser.add_argument("--k", type=positive_int("--k"), default=10, help="ARGS top-k candidates")
-    parser.add_argument("--w", type=finite_float("--w", positive=True, limit=W_LIMIT), default=1.5,
-                        help="ARGS total weight W: w = W * (lambda, 1 - lambda) on the normalised rewards")
-    parser.add_argument("--relevance-reward-model",
-                        help="local path of the relevance objective's 1-label sequence-classification model, with "
-                             "--reward-model as the positivity one (default: the embedded relevance head)")
-    parser.add_argument("--adapters", default="results/objectives/adapters",
-                        help="folder of the LoRA adapters: positivity.* and relevance.* (rs, mod; "
-                             "results/objectives/train_soups.py), ric.* (ric; results/objectives/train_ric.py)")
-    parser.add_argument("--calibration-prompts", type=positive_int("--calibration-prompts"), default=64,
-                        help="chitchat val contexts whose greedy replies give each reward's mean and std")
-    return parser
 
 
 def _method_names(text: str) -> list[str]:
@@ -118,7 +97,7 @@ class ParetoEvaluation(Evaluation):
         self.rewards = [self.reward, self._relevance_reward()]
         self.tfidf = metrics.TfidfRelevance()
         self.adapters, self.adapter_meta, self._models = {}, {}, {}
-        from ..lora_sft import load_adapter
+        from ..training.lora_sft import load_adapter
         for name in sorted({n for m in self.methods for n in ADAPTERS.get(m, ())}):
             self.adapters[name], self.adapter_meta[name] = load_adapter(self.adapter_dir / name)
         # what the cells depend on besides the base setup, hashed once (setup_key is asked per cell)
@@ -159,8 +138,9 @@ class ParetoEvaluation(Evaluation):
     def calibrate(self, path: Path) -> list[dict]:
         """Each reward's mean and std over the policy's greedy replies to the calibration contexts, kept in
         ``path`` (reused while the models and settings are the same)."""
-        from ..objectives import NormalizedReward, calibrate
-        from ..reward_training import contexts_of
+        from ..rewards.normalization import NormalizedReward
+        from ..decoding.calibration import calibrate
+        from ..training.reward_heads import contexts_of
         key = {"models": self.model_names, "calibration_prompts": self.args.calibration_prompts,
                "max_new_tokens": self.args.max_new_tokens, "relevance": self.file_hashes.get("relevance_head")}
         saved = json.loads(path.read_text()) if path.is_file() else None
@@ -184,7 +164,7 @@ class ParetoEvaluation(Evaluation):
     # ------------------------------------------------------------------ decoding
     def _copy_with(self, name: str, adapters, lambdas):
         """A copy of the policy with the adapters' weighted sum merged in (cached per ``name``)."""
-        from ..moo_baselines import base_weights, interpolate_lora
+        from ..training.baselines import base_weights, interpolate_lora
         if name not in self._models:
             model = copy.deepcopy(self.policy)
             names = set().union(*(a.keys() for a in adapters))
@@ -222,13 +202,13 @@ class ParetoEvaluation(Evaluation):
         if method.name == "rs":
             return run_batch(Method("greedy"), decoder, None, self.tokenizer, ids, mask, **common)
         if method.name == "mod":
-            from ..moo_baselines import mod_generate
+            from ..training.baselines import mod_generate
             models, lambdas = decoder
             out = mod_generate(models, lambdas, ids, mask, max_new_tokens=self.args.max_new_tokens,
                                eos_ids=self.eos_ids, pad_id=self.pad_id)
             return cut_at_eos(out[:, ids.shape[1]:].cpu(), self.eos_ids)
         if method.name == "ric":
-            from ..moo_baselines import ric_prompt
+            from ..training.baselines import ric_prompt
             texts = [ric_prompt(p["prompt"], method.options["desired_rewards"]) for p in chunk]
             ric_ids, ric_mask = encode_prompts(self.tokenizer, texts, chat_template=True)
             self._seen_prompts[j] = [self.tokenizer.decode(r[m.bool()].tolist()) for r, m in zip(ric_ids, ric_mask)]
@@ -255,7 +235,7 @@ class ParetoEvaluation(Evaluation):
 # --------------------------------------------------------------------------------------- the cells
 def cells_of(ev: ParetoEvaluation) -> list[tuple[str, Method]]:
     """(cell name, method) for every cell, in run order."""
-    from ..moo_baselines import ric_targets
+    from ..training.baselines import ric_targets
     out = []
     for name in ev.methods:
         if name == "greedy":
@@ -292,7 +272,7 @@ def hypervolumes(cells: list[dict], per_prompt: dict, resamples: int = 1000, see
     per pair of methods, the share of resamples in which the first's hypervolume is larger."""
     import numpy as np
 
-    from ..moo_baselines import hypervolume_2d
+    from ..training.baselines import hypervolume_2d
     methods = list(dict.fromkeys(c["method"] for c in cells))
     n = len(next(iter(per_prompt.values()))["minilm_positivity"])
     rng = np.random.default_rng(seed)
@@ -485,11 +465,3 @@ def run_pareto(args) -> int:
         print(report(ev, summaries, per_prompt, calibration, command))
     ev.finish()
     return 0
-
-
-def main(argv=None) -> int:
-    return module_main("args-fast pareto", __doc__, add_pareto_arguments, run_pareto, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -7,48 +7,14 @@ interrupted run resumes its unfinished cell where it stopped (``.partial/``) wit
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 
-from .. import parallel
+from ..integrations import parallel
 from .methods import Method
-from ..cli import module_main
-from ..decoder import W_LIMIT
-from .run import (Evaluation, _fmt, add_common_arguments, command_line, read_jsonl, summarize, write_jsonl)
+from .run import Evaluation, _fmt, summarize
+from ..integrations.run_files import command_line, read_jsonl, write_jsonl
 
 PLOTTED = ("reward", "diversity", "coherence", "vader", "minilm_positivity")
-
-
-def _float_list(text):
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = None
-    if not values or any(v != v or abs(v) > W_LIMIT for v in values):
-        raise argparse.ArgumentTypeError(f"--ws must be comma-separated finite numbers in [-{W_LIMIT:g}, {W_LIMIT:g}], "
-                                         f"got {text!r}")
-    return sorted(set(values))
-
-
-def _int_list(text):
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        values = None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"--ks must be comma-separated integers >= 1, got {text!r}")
-    return sorted(set(values))
-
-
-def add_sweep_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    add_common_arguments(parser, num_prompts=32, offset=200, max_new_tokens=32, out_dir="results/sweep")
-    parser.add_argument("--ws", type=_float_list, default=_float_list("0,0.5,1,1.5,2,3,5"),
-                        help="reward weights w (default 0,0.5,1,1.5,2,3,5)")
-    parser.add_argument("--ks", type=_int_list, default=_int_list("5,10,20,40"), help="top-k sizes (default 5,10,20,40)")
-    parser.add_argument("--resume", action="store_true",
-                        help="reuse finished cells of an identical earlier run (default: off, run every cell)")
-    return parser
 
 
 def plot(cells: list[dict], ks, out_dir) -> list[str]:
@@ -145,11 +111,3 @@ def run_sweep(args) -> int:
     print(table)
     ev.finish()
     return 0
-
-
-def main(argv=None) -> int:
-    return module_main("args-fast sweep", __doc__, add_sweep_arguments, run_sweep, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -34,7 +34,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from args_fast import reward_training as rt  # noqa: E402
+from args_fast.training import reward_heads as rt  # noqa: E402
 from args_fast.default_models import load_default_policy  # noqa: E402
 
 OUT = Path(__file__).resolve().parent

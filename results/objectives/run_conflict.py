@@ -31,11 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 import args_fast  # noqa: E402
-from args_fast.decoder import cut_at_eos, encode_prompts  # noqa: E402
+from args_fast.decoding.inputs import cut_at_eos, encode_prompts  # noqa: E402
 from args_fast.default_models import load_default_policy, load_default_reward  # noqa: E402
 from args_fast.evaluation import metrics  # noqa: E402
-from args_fast.evaluation.prompts import load_prompts  # noqa: E402
-from args_fast.reward_training import contexts_of  # noqa: E402
+from args_fast.data.prompts import load_prompts  # noqa: E402
+from args_fast.training.reward_heads import contexts_of  # noqa: E402
 
 OUT = Path(__file__).resolve().parent
 NEW, BATCH, K = 48, 8, 10

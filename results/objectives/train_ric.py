@@ -25,11 +25,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from args_fast import reward_training as rt  # noqa: E402
-from args_fast.decoder import encode_prompts  # noqa: E402
+from args_fast.training import reward_heads as rt  # noqa: E402
+from args_fast.decoding.inputs import encode_prompts  # noqa: E402
 from args_fast.default_models import cache_root, load_default_policy  # noqa: E402
-from args_fast.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
-from args_fast.moo_baselines import ric_prompt  # noqa: E402
+from args_fast.training.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
+from args_fast.training.baselines import ric_prompt  # noqa: E402
 from train_soups import SETTINGS, TRAIN_DATA  # noqa: E402  (the Rewarded Soups adapters' settings and data)
 
 OUT = Path(__file__).resolve().parent / "adapters"

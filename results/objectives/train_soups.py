@@ -22,10 +22,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
-from args_fast import reward_training as rt  # noqa: E402
-from args_fast.decoder import encode_prompts  # noqa: E402
+from args_fast.training import reward_heads as rt  # noqa: E402
+from args_fast.decoding.inputs import encode_prompts  # noqa: E402
 from args_fast.default_models import cache_root, load_default_policy  # noqa: E402
-from args_fast.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
+from args_fast.training.lora_sft import add_lora, remove_lora, save_adapter, train_sft  # noqa: E402
 
 OUT = Path(__file__).resolve().parent / "adapters"
 TRAIN_DATA = rt.DataConfig(800, 4, 64, 1.0, 10, 0, 64)   # train-rm's default train split: its feature cache

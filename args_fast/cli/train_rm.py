@@ -1,0 +1,32 @@
+"""``args-fast train-rm``: train a reward head on the policy's own backbone from labelled preferences."""
+from __future__ import annotations
+
+import argparse
+
+from ..training.reward_heads import OBJECTIVES
+
+
+def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p = parser.add_argument
+    p("--train-contexts", type=int, default=800, help="train-split contexts (one per conversation)")
+    p("--val-contexts", type=int, default=150, help="val-split contexts (choose the L2 strength)")
+    p("--test-contexts", type=int, default=200, help="test-split contexts (the reported accuracy)")
+    p("--samples", type=int, default=4, help="policy replies sampled per context (>= 2)")
+    p("--max-new-tokens", type=int, default=64, help="reply length cap when sampling (default 64)")
+    p("--temperature", type=float, default=1.0, help="sampling temperature of the policy replies")
+    p("--top-k", type=int, default=10, help="top-k filter when sampling the policy replies")
+    p("--objective", choices=sorted(OBJECTIVES), default="positivity",
+      help="what the labeller scores: positivity (VADER compound: the default reward model) or relevance "
+           "(MiniLM cosine of the user's message and the reply); each ships its own head")
+    p("--margin", type=float, default=None,
+      help="min labeller difference for a preference pair (default: 0.3 positivity, 0.1 relevance)")
+    p("--demonstrations", action="store_true",
+      help="AIHF: also prefer each train context's human reply (the next chitchat turn) over the policy's own "
+           "replies where the labeller rates it in the top quarter of those replies (default: off)")
+    p("--prefix-weight", type=float, default=1.0, help="weight of the equal-length prefix pairs in the loss")
+    p("--seed", type=int, default=0, help="seed of the context choice, the sampling and the bootstrap")
+    p("--batch-size", type=int, default=64, help="replies per forward (samples x contexts)")
+    p("--cache-dir", default=None, help="default: $ARGS_FAST_CACHE or ~/.cache/args_fast")
+    p("--out-dir", default=None, help="where reward_score.safetensors and reward_model.json go (default: "
+                                       "args_fast/data for positivity, args_fast/data/objectives/<objective> else)")
+    return parser
