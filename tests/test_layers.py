@@ -111,3 +111,11 @@ def test_import_args_fast_loads_no_study_module():
     code = ("import sys, args_fast; print('\\n'.join(m for m in sys.modules if m.startswith(%r)))" % (STUDIES,))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "", f"import args_fast loaded study modules: {out.split()}"
+
+
+def test_the_decoder_class_stays_small():
+    import inspect
+
+    from args_fast.decoding.decoder import ARGSDecoder
+    lines = len(inspect.getsourcelines(ARGSDecoder)[0])
+    assert lines <= 250, f"ARGSDecoder has {lines} lines: move checks or classification out (validation, rewards/kinds)"

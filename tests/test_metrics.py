@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from args_fast.data.sentence_embedder import minilm_path
 from args_fast.evaluation import metrics
 from tiny_models import make_model, seed_of
 
@@ -77,7 +78,7 @@ def embedder():
 
 def test_embedder_matches_sentence_transformers(embedder):
     import sentence_transformers as st   # the independent twin, pinned in requirements.txt
-    reference = st.SentenceTransformer(str(metrics.minilm_path()), device="cpu")
+    reference = st.SentenceTransformer(str(minilm_path()), device="cpu")
     texts = ["Hello there!", "I like to walk my dog in the park on sundays.", "", "word " * 400]  # the last is truncated
     ours = embedder.encode(texts)
     theirs = torch.as_tensor(reference.encode(texts, normalize_embeddings=True))

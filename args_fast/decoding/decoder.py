@@ -79,10 +79,11 @@ class ARGSDecoder:
 
     def __init__(self, policy, reward_model, *, k: int = 10, w: float = 1.0, mode: str = "greedy",
                  temperature: float = 0.7, max_new_tokens: int = 128, eos_token_id=None, pad_token_id=None,
-                 backend: str = "auto", tokenizer=None, reward_tokenizer=None, engine: Engine | None = None):
+                 backend: str = "auto", tokenizer=None, reward_tokenizer=None, engine: Engine | None = None,
+                 compile: bool | None = None):
         self._init_args = dict(k=k, w=w, mode=mode, temperature=temperature, max_new_tokens=max_new_tokens,
                                eos_token_id=eos_token_id, pad_token_id=pad_token_id, backend=backend,
-                               tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
+                               tokenizer=tokenizer, reward_tokenizer=reward_tokenizer, compile=compile)
         if not isinstance(policy, torch.nn.Module) or not hasattr(policy, "get_output_embeddings"):
             raise TypeError(f"policy must be a Hugging Face causal LM, got {type(policy).__name__}")
         self.policy, self.reward_model = policy, reward_model
@@ -97,6 +98,12 @@ class ARGSDecoder:
             raise ValueError(f"temperature must be a number, got {temperature!r}")
         max_new_tokens = as_int("max_new_tokens", max_new_tokens, 0)
         backend = registry.canonical_name(backend)
+        if not (compile is None or isinstance(compile, bool)):
+            raise ValueError(f"compile must be None (auto), True or False, got {compile!r}")
+        if compile is not None and backend not in ("auto", "static-compiled") or (
+                compile is False and backend == "static-compiled"):
+            raise ValueError(f"compile={compile} applies to backend='auto' (or True with 'static-compiled'), "
+                             f"not backend={backend!r}")
         spec = kinds.classify(policy, reward_model, w, reward_tokenizer=reward_tokenizer, tokenizer=tokenizer)
         self._spec, self.reward_kind, self._engine_reward = spec, spec.kind, spec.engine_reward
         self.multi, self.n_objectives = spec.multi, spec.n_objectives
@@ -122,7 +129,7 @@ class ARGSDecoder:
         else:
             models = registry.Models(policy, self._engine_reward, self.reward_kind, tokenizer, reward_tokenizer)
             if backend == "auto":
-                self._backend, self._engine = registry.choose(models, options)
+                self._backend, self._engine = registry.choose(models, options, compile=compile)
             else:
                 self._backend, self._engine = backend, registry.build(backend, models, options)
         self._lock = threading.Lock()
@@ -145,7 +152,14 @@ class ARGSDecoder:
             return f"custom engine {type(self._engine).__name__}"
         ops = getattr(self._engine, "ops", None)
         detail = getattr(ops, "description", "") or registry.BACKENDS[self._backend].summary
+        detail += getattr(self._engine, "note", "")   # e.g. when auto switches to the compiled step
         return f"{self._backend} ({detail}); reward: {self.reward_path}"
+
+    @property
+    def compile_seconds(self) -> dict:
+        """First-call seconds of each compiled step graph so far, by (batch, cache slots, mode); empty
+        when nothing was compiled."""
+        return dict(getattr(self._engine, "compile_seconds", {}) or {})
 
     @property
     def reward_path(self) -> str:
@@ -285,10 +299,10 @@ class ARGSDecoder:
 def generate(policy, reward_model, input_ids, attention_mask=None, *, k: int = 10, w: float = 1.0,
              mode: str = "greedy", temperature: float = 0.7, max_new_tokens: int = 128, eos_token_id=None,
              pad_token_id=None, generator: torch.Generator | None = None, backend: str = "auto",
-             tokenizer=None, reward_tokenizer=None) -> GenerateOutput:
+             tokenizer=None, reward_tokenizer=None, compile: bool | None = None) -> GenerateOutput:
     """ARGS decoding in one call; see :class:`ARGSDecoder` for the options (``backend`` one of
     :data:`BACKENDS`; the names and what each runs are in ``args_fast/backends/registry.py``)."""
     decoder = ARGSDecoder(policy, reward_model, k=k, w=w, mode=mode, temperature=temperature,
                           max_new_tokens=max_new_tokens, eos_token_id=eos_token_id, pad_token_id=pad_token_id,
-                          backend=backend, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
+                          backend=backend, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer, compile=compile)
     return decoder.generate(input_ids, attention_mask, generator=generator)

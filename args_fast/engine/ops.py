@@ -40,6 +40,12 @@ def topk_logits(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     return _topk_by_key(x, k)
 
 
+def topk_logits_sync_free(logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`topk_logits` with no host read on any device: always the exact select on integer keys,
+    so a compiled step traces it as one graph (the CPU tie check of ``topk_logits`` reads the host)."""
+    return _topk_by_key(logits.float(), k)
+
+
 def _topk_by_key(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact :func:`topk_logits` order: each float32 logit becomes an int64 key, its order-preserving
     int32 image in the high half and ``V - 1 - id`` in the low half, so one integer top-k orders by

@@ -19,6 +19,7 @@ from typing import Callable
 
 
 from ... import hf
+from .adaptive import AdaptiveEngine
 from .base import ComposedEngine, Engine, Models, Options
 from .hf_runners import HFFusedEngine, HFPolicyRunner, HFRewardRunner, check_maskable
 from .reference import ReferencePolicy, ReferenceReward
@@ -140,6 +141,9 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
             "(SDPA attention)", _static_builder("static")),
     Backend("static-triton", "CUDA (CPU only under TRITON_INTERPRET=1, for tests)", "the static engine with the "
             "Triton candidate attention and fused select + commit", _static_builder("static-triton"), self_check=True),
+    Backend("static-compiled", "CPU, CUDA", "the static engine's whole step as one torch.compile graph (Inductor: "
+            "C++ with weight prepacking on CPU); one compile per batch size, cache bucket and mode, reused after",
+            _static_builder("static-compiled"), self_check=True),
     Backend("static-csrc", "CUDA, CPU", "the static engine with the csrc extension's select + commit and top-k "
             "(C++ on CPU, CUDA kernels on GPU) and the Triton attention where it runs",
             _static_builder("static-csrc"), self_check=True),
@@ -183,26 +187,47 @@ def unavailable_reason(name: str, models: Models, options: Options) -> str | Non
     return None
 
 
-def choose(models: Models, options: Options) -> tuple[str, Engine]:
-    """``auto``: the first backend of :data:`AUTO_ORDER` that builds and passes its self-check."""
+def _checked(name: str, models: Models, options: Options, reasons: list[str]) -> Engine | None:
+    """Backend ``name``'s engine, self-checked where it has fast kernels; None (reason appended) if not."""
+    backend = BACKENDS[name]
     device = models.policy.device
+    try:
+        engine = backend.build(models, options)
+    except BackendUnavailable as exc:
+        reasons.append(f"{name}: {exc}")
+        return None
+    if backend.self_check:
+        dims = getattr(engine, "head_dims", None) or (hf.head_dim(models.policy.config),) * 2
+        failure, ran_now = self_check(name, backend.build, BACKENDS["static"].build, device,
+                                      next(models.policy.parameters()).dtype, *dims)
+        if failure is not None:
+            if ran_now:   # one warning line per process and device, not one per decoder
+                warnings.warn(f"args_fast: backend {name!r} failed its self-check on {device} ({failure}); "
+                              "auto falls back to the next backend", RuntimeWarning, stacklevel=4)
+            reasons.append(f"{name}: self-check failed ({failure})")
+            return None
+    return engine
+
+
+def choose(models: Models, options: Options, compile: bool | None = None) -> tuple[str, Engine]:
+    """``auto``: the first backend of :data:`AUTO_ORDER` that builds and passes its self-check.
+    ``compile=True`` puts ``static-compiled`` first; ``compile=False`` leaves it out; ``None`` on CPU
+    gives the ``hf`` engine, which switches to the compiled step for requests where compiling pays
+    (:class:`~args_fast.engine.backends.adaptive.AdaptiveEngine`)."""
+    device = models.policy.device
+    order = AUTO_ORDER.get(device.type, AUTO_ORDER["default"])
+    if compile:
+        order = ("static-compiled",) + order
     reasons = []
-    for name in AUTO_ORDER.get(device.type, AUTO_ORDER["default"]):
-        backend = BACKENDS[name]
-        try:
-            engine = backend.build(models, options)
-        except BackendUnavailable as exc:
-            reasons.append(f"{name}: {exc}")
+    for name in order:
+        engine = _checked(name, models, options, reasons)
+        if engine is None:
             continue
-        if backend.self_check:
-            dims = getattr(engine, "head_dims", None) or (hf.head_dim(models.policy.config),) * 2
-            failure, ran_now = self_check(name, backend.build, BACKENDS["static"].build, device,
-                                          next(models.policy.parameters()).dtype, *dims)
-            if failure is not None:
-                if ran_now:   # one warning line per process and device, not one per decoder
-                    warnings.warn(f"args_fast: backend {name!r} failed its self-check on {device} ({failure}); "
-                                  "auto falls back to the next backend", RuntimeWarning, stacklevel=3)
-                reasons.append(f"{name}: self-check failed ({failure})")
-                continue
+        if name == "hf" and compile is None and device.type == "cpu" and \
+                unavailable_reason("static-compiled", models, options) is None:
+            def build_compiled():
+                why = []
+                return _checked("static-compiled", models, options, why), "; ".join(why)
+            engine = AdaptiveEngine(engine, build_compiled)
         return name, engine
     raise ValueError("no backend can run these models: " + "; ".join(reasons))

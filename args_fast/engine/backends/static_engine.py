@@ -7,9 +7,17 @@ One ARGS step, every shape static (B rows, k candidates):
     -> ``ops.select_commit`` (choose, emit, mark EOS, commit the winner's K/V in the reward cache,
     advance its prefix) -> policy ``decode`` of the chosen token (writes its K/V, next logits).
 
-The three per-step ops come from an :class:`OpsTable`; the backends ``static``, ``static-triton`` and
-``static-csrc`` are this one engine with different tables (:data:`OPS_TABLES`), each op holding the
-contract of its torch reference in ``args_fast.engine.ops``. On CUDA, with both models on one device, the
+The three per-step ops come from an :class:`OpsTable`; the backends ``static``, ``static-triton``,
+``static-csrc`` and ``static-compiled`` are this one engine with different tables (:data:`OPS_TABLES`),
+each op holding the contract of its torch reference in ``args_fast.engine.ops``.
+
+``static-compiled``: the whole step (top-k without host reads, the candidates' decode, the heads,
+select + commit, the policy's decode of the winner) is one ``torch.compile`` graph (Inductor; on CPU its
+C++ backend with weight prepacking). Shapes are static: one graph per (batch, cache slots, greedy or
+stochastic), so caches are allocated in buckets (:func:`bucket_slots`) and prompts of other lengths
+in the same bucket reuse the compiled code; Inductor's on-disk cache makes a later process's first
+call cheaper. The first call of each graph compiles it (seconds to a minute): ``compile_seconds``
+records it. On CUDA, with both models on one device, the
 whole step is captured once as a CUDA graph (per cache allocation and mode) and replayed; the prefix
 windows are device tensors, so the graph is valid at every length. On CPU, or with the models on
 different devices, the step runs eagerly (``select_commit`` touches the policy's logits and the
@@ -26,6 +34,7 @@ cache, and the LM head on the winner's hidden state gives the next logits. One f
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -111,9 +120,34 @@ def _csrc_ops(device, head_dims, dtype, k) -> OpsTable:
                     f"csrc {where} select + commit and top-k (k <= {csrc_ops.topk_max_k()}) + {how}")
 
 
+def _compiled_ops(device, head_dims, dtype, k) -> OpsTable:
+    if device.type not in ("cpu", "cuda"):
+        raise BackendUnavailable(f"the compiled step runs on CPU and CUDA, the models are on {device}")
+    # one graph per step: the exact top-k with no host read, SDPA over the static cache (its mask keeps
+    # each candidate to its prefix and own slot), the torch select + commit; Inductor fuses the rest
+    return OpsTable("static-compiled", sdpa_candidate_attention, torch_ops.topk_logits_sync_free,
+                    torch_ops.select_commit,
+                    "the whole step as one torch.compile graph (Inductor"
+                    f"{' C++ on CPU' if device.type == 'cpu' else ', CUDA'}): SDPA candidate attention, exact top-k, "
+                    "select + commit")
+
+
 # name -> loader(device, head_dims, dtype, k) -> OpsTable, raising BackendUnavailable with the reason
 OPS_TABLES: dict[str, Callable[..., OpsTable]] = {
-    "static": _static_ops, "static-triton": _triton_ops, "static-csrc": _csrc_ops}
+    "static": _static_ops, "static-triton": _triton_ops, "static-csrc": _csrc_ops, "static-compiled": _compiled_ops}
+COMPILED = ("static-compiled",)   # the tables whose engine compiles its step
+
+
+def bucket_slots(needed: int) -> int:
+    """Cache slots allocated by the compiled step for a request needing ``needed``: the next power of two
+    from 256 up to 4096, then the next multiple of 4096. Every request of a bucket reuses one compiled
+    graph; the price is attention over up to twice the slots a request needs (masked, so the result is
+    the same), small next to the weights for these models."""
+    if needed <= 256:
+        return 256
+    if needed <= 4096:
+        return 1 << (needed - 1).bit_length()
+    return -(-needed // 4096) * 4096
 
 
 # ------------------------------------------------------------------------------------------ engine
@@ -126,7 +160,7 @@ class StaticEngine:
     baseline "plain decode through the same engine"."""
 
     def __init__(self, policy, reward, ops: OpsTable, *, k: int, w: float, temperature: float, eos_ids,
-                 pad_id: int, use_graph: bool | None = None, reward_head=None):
+                 pad_id: int, use_graph: bool | None = None, reward_head=None, compile_step: bool = False):
         if reward is not None and reward_head is not None:
             raise ValueError("give a reward runner or a reward_head on the policy, not both")
         self.policy, self.reward, self.reward_head, self.ops = policy, reward, reward_head, ops
@@ -140,7 +174,16 @@ class StaticEngine:
             use_graph = self.device.type == "cuda" and same_device
         if use_graph and (self.device.type != "cuda" or not same_device):
             raise ValueError("use_graph=True needs CUDA with policy and reward model on one device")
+        if compile_step and (use_graph or not same_device):
+            raise ValueError("compile_step runs the step as one compiled graph: it needs both models on one "
+                             "device and no CUDA-graph capture of its own")
         self.use_graph, self.same_device = use_graph, same_device
+        self.compile_step = compile_step
+        # first-call seconds of each compiled graph, by (batch, cache slots, "greedy" / "stochastic")
+        self.compile_seconds: dict[tuple[int, int, str], float] = {}
+        if compile_step:
+            _allow_recompiles()
+            self._compiled_body = torch.compile(self._step_body, fullgraph=True, dynamic=False)
         self.pcache = self.rcache = None
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.nonfinite = torch.zeros(0, dtype=torch.bool, device=self.device)
@@ -169,6 +212,18 @@ class StaticEngine:
             self.chosen_objectives = torch.zeros(batch, self.reward_head.n, dtype=torch.float32, device=dev)
 
     @property
+    def slots(self) -> int:
+        """Token slots of the caches (prompt + new tokens; the k candidate slots come on top)."""
+        return self.pcache.slots - (self.k if self.fused else 0)
+
+    def compiled_for(self, batch: int, prompt_len: int, max_new_tokens: int, greedy: bool) -> bool:
+        """True when a request of this shape would run a graph this engine has already compiled."""
+        if self.pcache is None or self.pcache.batch != batch:
+            return False
+        slots = max(self.slots, bucket_slots(prompt_len + max_new_tokens))
+        return (batch, slots, "greedy" if greedy else "stochastic") in self.compile_seconds
+
+    @property
     def head_dims(self) -> tuple[int, int]:
         """(policy, reward) attention head dims, for the self-check."""
         return self.policy.spec.head_dim, (self.reward if self.reward is not None else self.policy).spec.head_dim
@@ -180,8 +235,14 @@ class StaticEngine:
     @torch.no_grad()
     def prefill(self, input_ids, attention_mask, max_new_tokens):
         batch, prompt = input_ids.shape
-        if self.pcache is None or self.pcache.batch != batch or self.pcache.slots < prompt + max_new_tokens:
-            self.allocate(batch, prompt + max_new_tokens)
+        needed = prompt + max_new_tokens
+        if self.compile_step:
+            needed = bucket_slots(needed)
+            if self.pcache is not None and self.pcache.batch == batch and self.slots >= needed:
+                needed = self.slots   # a larger cache of this batch size is already compiled for: keep it
+        if self.pcache is None or self.pcache.batch != batch or self.slots != needed and (
+                self.compile_step or self.slots < needed):
+            self.allocate(batch, needed)
         self.max_new_tokens = max_new_tokens
         ids, mask = input_ids.to(self.device), attention_mask.to(self.device)
         hidden = self.policy.prefill(ids, mask, self.pcache)
@@ -239,6 +300,20 @@ class StaticEngine:
         if run_policy:   # the winner's hidden state is the next position's: the LM head on it
             self.logits.copy_(self.policy.outputs(hidden[self.rows, choice]))
 
+    def _step_body(self, uniforms):
+        """The compiled region: one whole step. It always runs the policy's decode of the winner, also on
+        the last step (one spare forward, inside the caches), so that one graph serves every step."""
+        self._body(uniforms, run_policy=True)
+
+    def _compiled_step(self, uniforms):
+        key = (self.pcache.batch, self.slots, "greedy" if uniforms is None else "stochastic")
+        if key in self.compile_seconds:
+            self._compiled_body(uniforms)
+            return
+        start = time.perf_counter()
+        self._compiled_body(uniforms)
+        self.compile_seconds[key] = time.perf_counter() - start
+
     def _capture(self, greedy: bool) -> torch.cuda.CUDAGraph:
         """Warm up (compiles Triton kernels, initialises cuBLAS) on a side stream, restore the state the
         warm-up advanced, then capture. Warm-up writes to cache slots at or after each prefix end only,
@@ -277,7 +352,9 @@ class StaticEngine:
             if uniforms.shape != self.uniforms.shape:
                 raise ValueError(f"uniforms must have shape {tuple(self.uniforms.shape)}, got {tuple(uniforms.shape)}")
             self.uniforms.copy_(uniforms, non_blocking=True)
-        if self.use_graph:
+        if self.compile_step:
+            self._compiled_step(None if uniforms is None else self.uniforms)
+        elif self.use_graph:
             greedy = uniforms is None
             if greedy not in self.graphs:
                 self.graphs[greedy] = self._capture(greedy)
@@ -285,6 +362,17 @@ class StaticEngine:
         else:
             self._body(None if uniforms is None else self.uniforms, run_policy=not last)
         return self.token, self.chosen_reward, self.finished
+
+
+def _allow_recompiles() -> None:
+    """Every compiled engine adds graphs to the one code object of ``StaticEngine._step_body`` (one per
+    shape, mode and model): raise Dynamo's per-code-object limit so that a process with several engines
+    keeps compiling instead of silently running the step eagerly."""
+    import torch._dynamo.config as dynamo_config
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < 256:
+            setattr(dynamo_config, name, 256)
+            break
 
 
 def build_static_engine(ops_name: str, policy, reward_model, *, k: int, w: float, temperature: float, eos_ids,
@@ -304,6 +392,9 @@ def build_static_engine(ops_name: str, policy, reward_model, *, k: int, w: float
             raise BackendUnavailable(f"{name}: {reason}")
     runners = [static_runner(model, role) for _, model, role in roles]
     ops = OPS_TABLES[ops_name](runners[0].device, [r.spec.head_dim for r in runners], runners[0].dtype, k)
+    compiled = ops_name in COMPILED
+    if compiled and len({r.device for r in runners}) > 1:
+        raise BackendUnavailable("the compiled step needs the policy and the reward model on one device")
     return StaticEngine(runners[0], runners[1] if reward_model is not None else None, ops, k=k, w=w,
-                        temperature=temperature, eos_ids=eos_ids, pad_id=pad_id, use_graph=use_graph,
-                        reward_head=reward_head)
+                        temperature=temperature, eos_ids=eos_ids, pad_id=pad_id,
+                        use_graph=False if compiled else use_graph, reward_head=reward_head, compile_step=compiled)
