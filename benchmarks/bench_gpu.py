@@ -139,6 +139,9 @@ def parse_args(argv=None):
                    help="stop launching points when less than --min-point-s of this budget is left (from the start)")
     p.add_argument("--point-timeout-s", type=float, default=None,
                    help="wall-clock limit of one point (warm-up + timed runs); default 150 (dry run: 60)")
+    p.add_argument("--point-target-s", type=float, default=None,
+                   help="no further timed run starts once a point has run this long (at least one timed run "
+                        "after the warm-up); default none (the session script sets it)")
     p.add_argument("--min-point-s", type=float, default=None,
                    help="a point is launched only with at least this much budget left; default 8 (dry run: 0.5)")
     p.add_argument("--self-check", action="store_true",
@@ -265,15 +268,17 @@ def time_limit(seconds):
         signal.signal(signal.SIGALRM, previous)
 
 
-def timed_runs(run, repeats, deadline):
+def timed_runs(run, repeats, deadline, target=None):
     """One warm-up call of ``run``, then up to ``repeats`` timed calls, fewer (at least one) when the
-    next would end past ``deadline`` (perf_counter seconds) at the pace of the last one."""
+    next would end past ``deadline`` (perf_counter seconds) at the pace of the last one, or once
+    ``target`` (perf_counter seconds) has passed."""
     t0 = time.perf_counter()
     run()
     last = time.perf_counter() - t0
     runs = []
     while len(runs) < repeats:
-        if runs and deadline is not None and time.perf_counter() + last > deadline:
+        now = time.perf_counter()
+        if runs and ((deadline is not None and now + last > deadline) or (target is not None and now > target)):
             break
         t0 = time.perf_counter()
         runs.append(run())
@@ -282,7 +287,7 @@ def timed_runs(run, repeats, deadline):
 
 
 @torch.no_grad()
-def time_engine(engine, ids, mask, steps, repeats, device, deadline=None):
+def time_engine(engine, ids, mask, steps, repeats, device, deadline=None, target=None):
     """Median (prefill s, decode s) of ``repeats`` runs after one warm-up run (graph capture, autotune),
     and the number of timed runs (fewer than ``repeats`` when they would end past ``deadline``)."""
     out = torch.empty(ids.shape[0], steps, dtype=torch.long, device=device)
@@ -299,12 +304,12 @@ def time_engine(engine, ids, mask, steps, repeats, device, deadline=None):
         sync(device)
         return t1 - t0, time.perf_counter() - t1
 
-    runs = timed_runs(run, repeats, deadline)
+    runs = timed_runs(run, repeats, deadline, target)
     return statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs), len(runs)
 
 
 @torch.no_grad()
-def time_hf_generate(policy, ids, mask, steps, repeats, device, deadline=None):
+def time_hf_generate(policy, ids, mask, steps, repeats, device, deadline=None, target=None):
     """Median (prefill s, decode s) of HF greedy ``generate``. generate(n) runs the prefill plus n - 1
     decode forwards, so ``steps`` decode forwards cost generate(steps + 1) - generate(1), each timed
     whole, interleaved. (Subtracting a separately timed bare forward under-counts generate's own
@@ -317,7 +322,7 @@ def time_hf_generate(policy, ids, mask, steps, repeats, device, deadline=None):
         sync(device)
         return time.perf_counter() - t0
 
-    short, long = zip(*timed_runs(lambda: (run(1), run(steps + 1)), repeats, deadline))
+    short, long = zip(*timed_runs(lambda: (run(1), run(steps + 1)), repeats, deadline, target))
     pre, total = statistics.median(short), statistics.median(long)
     return pre, total - pre, len(short)
 
@@ -447,7 +452,7 @@ def session_plan(tiny: bool):
                      reference_tokens=None),
                 dict(name="opt-1.3b", model="opt-1.3b", batch=1, prompt=8, k=[3], new_tokens=2,
                      backends=light + ("reference",), reference_tokens=2)]
-    return [dict(name="smoke", model="smollm2-135m", batch=1, prompt=128, k=[10], new_tokens=32, backends=every,
+    return [dict(name="smoke", model="smollm2-135m", batch=1, prompt=128, k=[10], new_tokens=16, backends=every,
                  reference_tokens=8),
             dict(name="headline", model="llama-2-7b", batch=1, prompt=1024, k=[10], new_tokens=128, backends=every,
                  reference_tokens=4),
@@ -560,7 +565,7 @@ def main(argv=None):
             "dtype": args.dtype, "versions": versions(), "commit": git_commit(), "repeats": args.repeats,
             "copy_bandwidth_GBps": bandwidth / 1e9, "command": " ".join([sys.executable] + sys.argv),
             "plan": args.plan, "sections": [s["name"] for s in sections], "time_budget_s": args.time_budget_s,
-            "point_timeout_s": args.point_timeout_s, "status": "running",
+            "point_timeout_s": args.point_timeout_s, "point_target_s": args.point_target_s, "status": "running",
             "note": ("DRY RUN on CPU with tiny models: checks the script, the numbers say nothing about GPUs. "
                      if args.dry_run_cpu else "")
                     + ("reference runs on a few new tokens only (see its rows). " if args.plan == "session" else
@@ -652,8 +657,9 @@ def main(argv=None):
                 floor_bytes += w_reward + kv_bytes_per_slot(reward, batch) * (kv_slots + k)
             row["floor_ms_per_step"] = 1e3 * floor_bytes / bandwidth
             if backend == OFFICIAL and device.type == "cuda":
-                # k full reward caches of P + T slots; the growing cache and the reorder each copy it
-                need = 3 * kv_bytes_per_slot(reward, batch * k) * (prompt + steps)
+                # k full reward caches of P + T slots (+ a layer's copy while the cache grows and is
+                # reordered), and room for the prompt pass on B*k rows
+                need = 1.25 * kv_bytes_per_slot(reward, batch * k) * (prompt + steps) + 4 * 2 ** 30
                 free_memory()
                 free = torch.cuda.mem_get_info(device)[0]
                 if need > free:
@@ -668,10 +674,12 @@ def main(argv=None):
             point_start = time.perf_counter()
             limit = min(args.point_timeout_s, left())
             point_deadline = point_start + 0.8 * limit
+            target = None if args.point_target_s is None else point_start + args.point_target_s
             try:
                 with time_limit(limit):
                     if backend == "hf-generate":
-                        pre, dec, runs = time_hf_generate(policy, ids, mask, steps, args.repeats, device, point_deadline)
+                        pre, dec, runs = time_hf_generate(policy, ids, mask, steps, args.repeats, device,
+                                                             point_deadline, target)
                         row["note"] = "HF generate, DynamicCache; decode = generate(T + 1) - generate(1)"
                     else:
                         if backend == "greedy":
@@ -702,7 +710,8 @@ def main(argv=None):
                                                  batch=batch, prompt=prompt)
                             if getattr(engine, "use_graph", False):
                                 row["note"] = "one CUDA graph per step"
-                        pre, dec, runs = time_engine(engine, ids, mask, steps, args.repeats, device, point_deadline)
+                        pre, dec, runs = time_engine(engine, ids, mask, steps, args.repeats, device,
+                                                       point_deadline, target)
                         del engine
             except (torch.OutOfMemoryError, PointTimeout, Exception) as exc:
                 kind_ = ("out of memory" if isinstance(exc, torch.OutOfMemoryError) else

@@ -16,7 +16,8 @@
 # At most 8 files land in $OUT. Exit status 0 when every step passed, 1 otherwise.
 #
 # Variables: OUT (required), DRY_RUN (0/1), PYTHON (default python3), SESSION_BUDGET_S (total wall-clock
-# budget; default 470 on GPU, 240 for DRY_RUN), REPEATS (timed runs per point; default 3, DRY_RUN 1).
+# budget; default 470 on GPU, 240 for DRY_RUN), REPEATS (timed runs per point at most; default 3, DRY_RUN 1),
+# POINT_TARGET_S (no further timed run of a point starts after this many seconds; default 8, DRY_RUN 2).
 set -u -o pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -26,10 +27,11 @@ mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
 DRY_RUN=${DRY_RUN:-0}
 PYTHON=${PYTHON:-python3}
+# POINT_TARGET_S: no further timed run of a point starts after this long (one at least, after the warm-up)
 if [ "$DRY_RUN" = 1 ]; then
-    BUDGET_S=${SESSION_BUDGET_S:-240}; REPEATS=${REPEATS:-1}; DRY=(--dry-run-cpu)
+    BUDGET_S=${SESSION_BUDGET_S:-240}; REPEATS=${REPEATS:-1}; POINT_TARGET_S=${POINT_TARGET_S:-2}; DRY=(--dry-run-cpu)
 else
-    BUDGET_S=${SESSION_BUDGET_S:-470}; REPEATS=${REPEATS:-3}; DRY=()
+    BUDGET_S=${SESSION_BUDGET_S:-470}; REPEATS=${REPEATS:-3}; POINT_TARGET_S=${POINT_TARGET_S:-8}; DRY=()
 fi
 START=$(date +%s)
 LOG=$OUT/session.log
@@ -168,7 +170,7 @@ step selfcheck 60 "$OUT/tests.log" "$PYTHON" benchmarks/bench_gpu.py --self-chec
 # the grid stops launching points 20 s before its own hard limit, so it can write its last rows
 GRID_CAP=$(( $(left) - 5 ))
 step grid "$GRID_CAP" "$OUT/bench.log" "$PYTHON" benchmarks/bench_gpu.py --plan session --out "$OUT" \
-    --repeats "$REPEATS" --time-budget-s $(( GRID_CAP > 40 ? GRID_CAP - 20 : GRID_CAP / 2 )) "${DRY[@]}"
+    --repeats "$REPEATS" --point-target-s "$POINT_TARGET_S" --time-budget-s $(( GRID_CAP > 40 ? GRID_CAP - 20 : GRID_CAP / 2 )) "${DRY[@]}"
 rm -f "$OUT"/*.tmp   # a write cut by the hard limit (the result files are replaced whole)
 
 if (( ${#FAILED[@]} )); then
