@@ -145,7 +145,7 @@ def parse_args(argv=None):
     p.add_argument("--min-point-s", type=float, default=None,
                    help="a point is launched only with at least this much budget left; default 8 (dry run: 0.5)")
     p.add_argument("--self-check", action="store_true",
-                   help="run the registry's self-check of each fast backend (bf16 and fp32 on GPU) and exit")
+                   help="run the registry's self-check of each fast backend (in --dtype on GPU) and exit")
     p.add_argument("--dry-run-cpu", action="store_true",
                    help="tiny models, float32, on CPU (Triton under its interpreter): checks the script, not speed")
     args = p.parse_args(argv)
@@ -508,11 +508,13 @@ def jobs_of(section, selected, compiled_names):
 # ------------------------------------------------------------------------------------------ self-check
 def self_check_main(args) -> int:
     """The registry's self-check of every fast backend (those with self_check=True), for the head dims of
-    the benchmark's shapes and the dtypes the benchmark runs; 1 when any fails (or, on GPU, cannot run)."""
+    the benchmark's shapes (64: SmolLM2-135M and OPT-1.3B; 128: Llama-2-7B) and the dtype it runs in (the
+    check's engines run in float32, its attention-op check in that dtype); 1 when any fails (or, on GPU,
+    cannot run)."""
     from args_fast.backends import registry
     from args_fast.backends import self_check as checks
     device = torch.device("cpu" if args.dry_run_cpu else "cuda")
-    dtypes = [torch.float32] if args.dry_run_cpu else [torch.bfloat16, torch.float32]
+    dtypes = [torch.float32] if args.dry_run_cpu else [getattr(torch, args.dtype)]
     head_dims = [64] if args.dry_run_cpu else [64, 128]
     fast = [name for name, b in registry.BACKENDS.items() if b.self_check]
     failed = 0

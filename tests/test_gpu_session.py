@@ -31,7 +31,9 @@ import bench_gpu  # noqa: E402
 
 def _env(**extra):
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", **extra}
-    env.pop("CUDA_VISIBLE_DEVICES", None)
+    for name in ("CUDA_VISIBLE_DEVICES", "SECTIONS", "SKIP_TESTS", "SESSION_BUDGET_S", "REPEATS", "POINT_TARGET_S"):
+        env.pop(name, None)
+    env.update(extra)
     return env
 
 
