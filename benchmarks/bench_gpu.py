@@ -364,7 +364,12 @@ class OfficialStyleEngine:
         choice = (top_logits + self.w * rewards).argmax(-1)
         token = top_ids[self.rows, choice]
         if not last:
-            self.rcache.reorder_cache((self.rows * k + choice).repeat_interleave(k))
+            winner = (self.rows * k + choice).repeat_interleave(k)   # row b's k rows <- its winner's
+            if hasattr(self.rcache, "reorder_cache"):
+                self.rcache.reorder_cache(winner)
+            else:   # a cache class without it: the same index_select, layer by layer
+                for layer in self.rcache.layers:
+                    layer.keys, layer.values = layer.keys.index_select(0, winner), layer.values.index_select(0, winner)
             self.mask = torch.cat([self.mask, self.mask.new_ones(batch, 1)], 1)
             out = self.policy(input_ids=token[:, None], attention_mask=self.mask, past_key_values=self.cache,
                               use_cache=True, logits_to_keep=1)
@@ -616,12 +621,22 @@ def main(argv=None):
                             note=f"not run: {stopped}"), "not run (time budget)")
             continue
         if model_name != name:
-            policy = reward = head = None
+            model_name = policy = reward = head = None
             reference_lm.clear()
             free_memory()
             t0 = time.perf_counter()
-            policy, reward = build_models(name, args.dry_run_cpu, dtype, device)
-            head = RewardHead(policy, reward.score.weight.detach())
+            try:
+                policy, reward = build_models(name, args.dry_run_cpu, dtype, device)
+                head = RewardHead(policy, reward.score.weight.detach())
+            except Exception as exc:   # e.g. out of memory on a smaller card: this section's rows say so
+                traceback.print_exc()
+                why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+                policy = reward = head = exc = None
+                free_memory()
+                for backend, k in jobs:
+                    record(dict(base_row, backend=backend, k=k, new_tokens=section["new_tokens"],
+                                note=f"not run: building the {name} models failed ({why})"), "not run")
+                continue
             model_name = name
             print(f"built {name} (policy + reward) in {time.perf_counter() - t0:.1f} s", flush=True)
 
