@@ -109,7 +109,7 @@ try:
     import flash_attn.cute as fa4  # noqa: F401
     print("flash-attn 4: importable (not used by this grid: the engines' attention op lives in the package)")
 except Exception as exc:
-    print(f"flash-attn 4: not installed ({type(exc).__name__}); skipped: its CUTLASS DSL wheels (about 95 MB) "
+    print(f"flash-attn 4: not installed ({type(exc).__name__}); skipped: its CUTLASS DSL runtime wheel (about 92 MB) "
           "exceed what travels to the machine (64 MiB), which cannot download")
 EOF
     echo "--- package"

@@ -126,7 +126,7 @@ def test_a_spent_time_budget_stops_launching_points(tmp_path):
 def test_official_style_loop_picks_the_reference_tokens():
     """k full reward caches, the winner's copied into all k each step: the same greedy ARGS tokens as the
     reference backend (every candidate's reward from a full forward of its whole sequence)."""
-    from args_fast.backends import registry
+    from args_fast import ARGSDecoder
     for name in ("smollm2-135m", "opt-1.3b"):
         policy, reward = bench_gpu.build_models(name, True, torch.float32, torch.device("cpu"))
         with torch.no_grad():   # peaked logits and rewards, so a wrong reward changes the tokens
@@ -145,8 +145,8 @@ def test_official_style_loop_picks_the_reference_tokens():
                 tokens.append(token.clone())
                 rewards.append(chosen.clone())
             return torch.stack(tokens, 1), torch.stack(rewards, 1)
-        reference = registry.build("reference", registry.Models(policy, reward, "cached"),
-                                   registry.Options(k=k, w=1.0, temperature=1.0, eos_ids=None, pad_id=0))
+        reference = ARGSDecoder(policy, reward, k=k, w=1.0, mode="greedy", max_new_tokens=steps, eos_token_id=[],
+                                pad_token_id=0, backend="reference").engine
         want_tokens, want_rewards = run(reference)
         official = bench_gpu.OfficialStyleEngine(policy, reward, k)
         got_tokens, got_rewards = run(official)
