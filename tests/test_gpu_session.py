@@ -70,7 +70,10 @@ def test_dry_run_session_writes_every_step_and_section(tmp_path):
     for backend in ("hf-generate", "greedy", "reference", "official-style", "hf", "static", "static-triton",
                     "static-csrc", "compiled", "fused-hf", "fused-static", "fused-static-triton"):
         assert backend in smoke, sorted(smoke)
-    for backend in ("hf-generate", "greedy", "reference", "official-style", "hf", "static", "fused-static"):
+    # hf-generate's decode time is a difference of two timings (generate(T + 1) - generate(1)): on tiny
+    # shapes and a loaded CPU it can come out <= 0, and then the row says so instead of a number
+    assert smoke["hf-generate"].get("ms_per_step") or "not resolved" in smoke["hf-generate"]["note"]
+    for backend in ("greedy", "reference", "official-style", "hf", "static", "fused-static"):
         row = smoke[backend]
         assert row.get("ms_per_step", 0) > 0 and row["tokens_per_s"] > 0 and row["x_floor"] > 0, row
         assert row["runs"] >= 1 and row["floor_ms_per_step"] > 0
