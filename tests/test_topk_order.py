@@ -37,7 +37,7 @@ def test_topk_logits_is_the_stable_descending_order(seed, dtype, vocab):
     x = planted(seed, vocab, dtype)
     for k in sorted({1, 2, 5, min(64, vocab), vocab}):
         want = stable_topk(x, k)
-        for name, got in (("topk_logits", ops.topk_logits(x, k)), ("by_key", ops._topk_by_key(x.float(), k))):
+        for name, got in (("topk_logits", ops.topk_logits(x, k)), ("sync_free", ops.topk_logits_sync_free(x, k))):
             assert torch.equal(got[1], want[1]), f"seed {seed} {name} k={k}: {got[1]} != {want[1]}"
             assert torch.equal(got[0].nan_to_num(), want[0].nan_to_num()) and got[0].dtype == torch.float32
 
@@ -83,3 +83,12 @@ def test_every_backend_decodes_tied_logits_like_the_reference(mode):
     for backend, out in outs.items():
         assert torch.equal(out.sequences, ref.sequences), backend
         torch.testing.assert_close(out.rewards, ref.rewards, rtol=0, atol=1e-4)
+
+
+def test_the_sync_free_top_k_compiles_to_the_same_order():
+    """The compiled step traces topk_logits_sync_free into its graph: compiled, it keeps the order."""
+    x = planted(0, 96, torch.float32)
+    compiled = torch.compile(ops.topk_logits_sync_free, fullgraph=True, dynamic=False)
+    for k in (1, 5, 96):
+        got, want = compiled(x, k), stable_topk(x, k)
+        assert torch.equal(got[1], want[1]) and torch.equal(got[0].nan_to_num(), want[0].nan_to_num())
