@@ -119,3 +119,37 @@ def test_the_decoder_class_stays_small():
     from args_fast.decoding.decoder import ARGSDecoder
     lines = len(inspect.getsourcelines(ARGSDecoder)[0])
     assert lines <= 250, f"ARGSDecoder has {lines} lines: move checks or classification out (validation, rewards/kinds)"
+
+
+def test_old_module_paths_still_import_with_a_deprecation_warning():
+    import importlib
+    import warnings
+
+    import args_fast
+    from args_fast import _moved
+    for old in _moved.MOVED:
+        sys.modules.pop(old, None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        head = importlib.import_module("args_fast.reward_head")
+        registry = importlib.import_module("args_fast.backends.registry")
+        objectives = importlib.import_module("args_fast.objectives")
+        decoder = importlib.import_module("args_fast.decoder")
+    assert head.RewardHead is args_fast.RewardHead
+    assert registry is importlib.import_module("args_fast.engine.backends.registry")
+    assert objectives.calibrate is args_fast.calibrate and objectives.NormalizedReward is args_fast.NormalizedReward
+    assert decoder.ARGSDecoder is args_fast.ARGSDecoder and decoder.encode_prompts is args_fast.encode_prompts
+    moved = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning)]
+    assert any("args_fast.reward_head moved to args_fast.rewards.head" in m for m in moved), moved
+    for old in _moved.MOVED:   # every entry points somewhere that imports
+        target = _moved.new_path(old)
+        for new in (target,) if isinstance(target, str) else target:
+            importlib.import_module(new)
+
+
+def test_the_public_names_are_there():
+    import args_fast
+    from args_fast.default_models import load_default_policy, load_default_reward  # noqa: F401
+    for name in ("generate", "ARGSDecoder", "RewardHead", "ImplicitReward", "TokenReward", "NormalizedReward",
+                 "calibrate", "store_normalization", "custom_generate", "encode_prompts"):
+        assert hasattr(args_fast, name), name
