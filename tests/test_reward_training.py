@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from args_fast.cli.train_rm import add_train_rm_arguments
 from args_fast.training import reward_heads as rt
 from tiny_models import seeds
 
@@ -76,7 +77,7 @@ def test_bad_arguments_fail_before_any_work(bad, match, monkeypatch):
 
 
 def test_cli_arguments():
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--train-contexts", "8", "--margin", "0.5"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--train-contexts", "8", "--margin", "0.5"])
     assert args.train_contexts == 8 and args.margin == 0.5 and args.samples == 4
 
 
@@ -128,7 +129,7 @@ def test_unknown_objective_fails_before_any_work(monkeypatch):
     from args_fast.default_models import load_default_reward
     with pytest.raises(ValueError, match="objective must be one of"):
         load_default_reward(objective="wit")
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
     assert args.objective == "relevance" and args.margin is None and args.out_dir is None
     assert rt.objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
 
@@ -149,6 +150,6 @@ def test_demonstration_pairs_follow_the_quantile():
 
 
 def test_demonstrations_flag():
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
     assert args.demonstrations is True
-    assert rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
+    assert add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
