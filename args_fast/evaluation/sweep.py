@@ -12,7 +12,7 @@ import json
 from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation, _fmt, summarize
-from ..integrations.run_files import command_line, read_jsonl, write_jsonl
+from ..integrations.run_files import command_line, read_jsonl, releases_locks, write_jsonl
 
 PLOTTED = ("reward", "diversity", "coherence", "vader", "minilm_positivity")
 
@@ -41,10 +41,12 @@ def plot(cells: list[dict], ks, out_dir) -> list[str]:
     return paths
 
 
+@releases_locks
 def run_sweep(args) -> int:
     ev = Evaluation(args, command_line("sweep"))
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     ev.check_k(args.ks)
+    ev.check_requests(args_methods=True)
     cell_dir = ev.out_dir / "cells"
     key_path = cell_dir / "setup.json"
     reuse = args.resume and key_path.exists() and json.loads(key_path.read_text()) == ev.setup_key()
