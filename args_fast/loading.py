@@ -84,7 +84,7 @@ def check_model_kind(label: str, path, kind: str, config) -> None:
     if found and not set(found) & _kind_names(kind):
         raise ValueError(f"{label} {path}: a {' / '.join(found)} (config.json architectures), not {kind}")
     if kind == SCORE_MODEL and getattr(config, "num_labels", 1) != 1:
-        raise ValueError(f"{label} {path}: a score model with {config.num_labels} labels, not {kind}")
+        raise ValueError(f"{label} {path}: {config.num_labels} labels (config.json id2label), not {kind}")
 
 
 def load_pretrained(label: str, path, kind: str, **kwargs):
@@ -99,10 +99,16 @@ def load_pretrained(label: str, path, kind: str, **kwargs):
     except ValueError as err:   # e.g. a model_type this transformers does not know
         raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
     check_model_kind(label, path, kind, config)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    # transformers' load report ("newly initialized" weights) is judged below: one clear line instead
+    hf_logging.set_verbosity_error()
     try:
         model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     except ValueError as err:
         raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
@@ -120,11 +126,12 @@ def fingerprint(path) -> str:
     """What a saved model (or any file or folder) holds: the sha256 (first 16 hex digits) of the names,
     sizes and bytes of its regular files (a folder's, sorted by name, subfolders included). Runs that
     resume saved work compare these, so a model replaced at the same path is a different model. A file
-    is hashed once per process while its size, mtime and inode are unchanged."""
+    is hashed once per process while its size, mtime, ctime and inode are unchanged."""
     root = Path(path)
     files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
-    stats = tuple((str(p.relative_to(root)) if root.is_dir() else p.name, p.stat().st_size, p.stat().st_mtime_ns,
-                   p.stat().st_ino) for p in files)
+    # ctime too: a write changes it and no utime() can set it back, so a file rewritten in place is re-hashed
+    stats = tuple((str(p.relative_to(root)) if root.is_dir() else p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_ino) for p in files for st in [p.stat()])
     key = (str(root.resolve()), stats)
     if key not in _FINGERPRINTS:
         digest = hashlib.sha256()
