@@ -381,3 +381,52 @@ def test_eval_checks_the_reward_models_context_too(tmp_path, prompts, monkeypatc
     monkeypatch.setattr(eval_run.Evaluation, "generate_batch", lambda *a, **kw: pytest.fail("decoded"))
     err = error_line(capsys, eval_argv(models, prompts, tmp_path / "out", "--max-new-tokens", "20"))
     assert "exceeds the reward model's context of 32 positions" in err
+
+
+def test_a_store_that_is_a_file_is_one_line(models, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    (tmp_path / "out.jsonl.partial").write_text("x")
+    err = error_line(capsys, generate_argv(models, out))
+    assert err == (f"args-fast generate: error: {tmp_path / 'out.jsonl.partial'}: the store of this run's finished "
+                   "batches is a file, not a folder; move it away")
+
+
+def test_sweep_cells_of_close_weights_do_not_share_a_name():
+    """Two weights of the grid that print alike (%g) would share a cell file and its saved work."""
+    from args_fast.evaluation.sweep import _w_name
+    assert [_w_name(w) for w in (0.0, 1.0, 0.5, 1.5, -2.0, 1e-5)] == ["0", "1", "0.5", "1.5", "-2", "1e-05"]
+    assert _w_name(0.1) != _w_name(0.10000000001) and float(_w_name(0.10000000001)) == 0.10000000001
+
+
+@pytest.mark.parametrize("command", ["eval", "sweep"])
+def test_threads_beyond_the_limit_is_one_line_naming_the_flag(command, tmp_path, capsys, no_model_loading):
+    err = error_line(capsys, [command, "--threads", str(2**40), "--out-dir", str(tmp_path / "out")])
+    assert err == f"args-fast {command}: error: --threads must be an integer in [1, 4096], got {2**40}"
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"id": 1}\n[1]\n', "line 2 is not a JSON object"),
+    (b'{"id": 1}\n\n{"id": \n', "line 3 is not JSON (Expecting value)"),
+    (b'{"id": "\xe9"}\n', "not UTF-8 text"),
+])
+def test_a_damaged_result_file_is_named(content, problem, tmp_path):
+    path = tmp_path / "cell.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as err:
+        read_jsonl(path)
+    assert str(err.value) == f"{path}: {problem}"
+
+
+def test_sweep_resume_computes_a_damaged_cell_again(models, prompts, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--policy", str(models / "policy"), "--reward-model", str(models / "reward"), "--prompts",
+            str(prompts), "--out-dir", str(out), "--num-prompts", "2", "--offset", "0", "--max-new-tokens", "2",
+            "--ws", "0,1", "--ks", "2", "--resume"]
+    assert main(argv) == 0
+    cell = out / "cells" / "args-greedy_k2_w1.jsonl"
+    whole = [without_times(r) for r in read_jsonl(cell)]
+    cell.write_text(cell.read_text()[:-20] + "\n")             # the last record cut short
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert f"note: not reusing args-greedy_k2_w1: {cell}: line 2 is not JSON" in capsys.readouterr().err
+    assert [without_times(r) for r in read_jsonl(cell)] == whole

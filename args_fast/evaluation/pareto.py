@@ -35,7 +35,7 @@ from . import metrics
 from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation
-from ..integrations.run_files import command_line, read_jsonl, releases_locks, write_jsonl
+from ..integrations.run_files import command_line, read_json, read_jsonl, releases_locks, write_jsonl
 from ..loading import check_model_dir
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import cut_at_eos, encode_prompts
@@ -143,8 +143,8 @@ class ParetoEvaluation(Evaluation):
         from ..training.reward_heads import contexts_of
         key = {"models": self.model_names, "model_files": self.model_files, "calibration_prompts": self.args.calibration_prompts,
                "max_new_tokens": self.args.max_new_tokens, "relevance": self.file_hashes.get("relevance_head")}
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is None or saved["key"] != key:
+        saved = read_json(path)   # missing or damaged: computed again
+        if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("stats"), list):
             start = time.perf_counter()
             ids, mask = encode_prompts(self.tokenizer, contexts_of("val", self.args.calibration_prompts, seed=1),
                                        chat_template=True)
@@ -437,7 +437,7 @@ def run_pareto(args) -> int:
     args.interrupt_note = ev.saved_note
     cell_dir = ev.out_dir / "cells"
     key_path = cell_dir / "setup.json"
-    if key_path.is_file() and json.loads(key_path.read_text()) != ev.setup_key():
+    if key_path.is_file() and read_json(key_path) != ev.setup_key():
         raise ValueError(f"--out-dir {args.out_dir} holds cells of another setup ({key_path}); give a new --out-dir "
                          "or remove that one (its finished cells would not match these settings)")
     parallel.barrier()   # every rank has compared the old setup before rank 0 writes the new one
@@ -450,8 +450,11 @@ def run_pareto(args) -> int:
     for name, method in cells_of(ev):
         path = cell_dir / f"{name}.jsonl"
         if path.is_file():   # finished before: never recomputed
-            records = read_jsonl(path) if ev.world.is_main else None
-            if records is not None and [r["id"] for r in records] != [p["id"] for p in ev.prompts]:
+            try:
+                records = read_jsonl(path) if ev.world.is_main else None
+            except ValueError as err:
+                raise ValueError(f"{err}; remove it to recompute that cell") from None
+            if records is not None and [r.get("id") for r in records] != [p["id"] for p in ev.prompts]:
                 raise ValueError(f"{path}: its prompts differ from this run's; remove it to recompute")
         else:
             started = time.perf_counter()

@@ -54,11 +54,17 @@ def read_prompt_records(flag: str, path: str) -> list[dict]:
 # --------------------------------------------------------------------------------------- the evaluation
 
 
+MAX_THREADS = 4096   # torch CPU threads: far above any machine's cores, far below what torch overflows at
+
+
 class Evaluation:
     """Models, encoded prompts and scorers shared by every method of one run (eval or sweep)."""
 
     def __init__(self, args, command: str):
         if args.threads:
+            # torch overflows past a C int ("Overflow when unpacking long") and would start any number below
+            if not 1 <= args.threads <= MAX_THREADS:
+                raise ValueError(f"--threads must be an integer in [1, {MAX_THREADS}], got {args.threads}")
             torch.set_num_threads(args.threads)
         self.args, self.command = args, command
         # every user input is checked before the models load

@@ -261,6 +261,9 @@ class BatchedRun:
         self.done: dict[int, list[dict]] = {}
         self.own_part = None
         if work_dir is not None:
+            if work_dir.exists() and not work_dir.is_dir():
+                raise ValueError(f"{work_dir}: the store of this run's finished batches is a file, not a folder; "
+                                 "move it away")
             self.own_part = work_dir / f"part-{self.w.rank}.jsonl"
             for j, saved in read_parts(work_dir, repair_own=self.own_part).items():
                 # lines of other settings (check) or other inputs (key) are another run's: not reused

@@ -81,8 +81,35 @@ def write_jsonl(path: Path, records: list[dict]):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records (JSON objects, one a line; blank lines skipped) of a result file; a file that cannot
+    be read, a line that is not JSON or not an object is a ValueError naming the file and the line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}: line {number} is not a JSON object")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    return records
+
+
+def read_json(path: Path):
+    """A JSON file this package wrote (a setup key, calibration statistics), or None when it is missing
+    or damaged (the caller then recomputes or refuses, saying which file)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def command_line(name: str) -> str:
