@@ -152,7 +152,11 @@ def model_fingerprints(**paths) -> dict:
     out = {}
     for role, path in paths.items():
         if path is not None:
-            out[role] = fingerprint(path)
+            try:
+                out[role] = fingerprint(path)
+            except OSError as err:   # a file of a user's model folder that cannot be read: name the flag
+                raise ValueError(f"--{role.replace('_', '-')} {path}: cannot read {err.filename or path}: "
+                                 f"{err.strerror or err}") from None
         elif role == "policy":
             out[role] = fingerprint(default_models.policy_dir())
         elif role == "reward_model":

@@ -430,3 +430,29 @@ def test_sweep_resume_computes_a_damaged_cell_again(models, prompts, tmp_path, c
     assert main(argv) == 0
     assert f"note: not reusing args-greedy_k2_w1: {cell}: line 2 is not JSON" in capsys.readouterr().err
     assert [without_times(r) for r in read_jsonl(cell)] == whole
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_model_file_is_one_line_naming_the_flag(models, tmp_path, capsys, no_model_loading):
+    weights = next((models / "reward").glob("*.safetensors"))
+    weights.chmod(0)
+    err = error_line(capsys, generate_argv(models, tmp_path / "out.jsonl"))
+    assert err == f"args-fast generate: error: --reward-model {models / 'reward'}: cannot read {weights}: Permission denied"
+
+
+def test_generate_checks_every_prompt_before_decoding_any(tmp_path, monkeypatch, capsys):
+    """The second prompt (its own batch) does not fit the policy's 32 positions with --max-new-tokens:
+    refused before the first is decoded or saved."""
+    models = tmp_path / "small"
+    tokenizer = make_chat_tokenizer()
+    for name, model in (("policy", make_policy("llama", 91, context=32)), ("reward", make_reward("llama", 92))):
+        model.save_pretrained(models / name)
+        tokenizer.save_pretrained(models / name)
+    monkeypatch.setattr(ARGSDecoder, "generate", lambda *a, **kw: pytest.fail("decoded"))
+    out = tmp_path / "out.jsonl"
+    argv = ["generate", "--policy", str(models / "policy"), "--reward-model", str(models / "reward"),
+            "--prompt", "hi", "--prompt", "a much longer prompt than the first", "--batch-size", "1",
+            "--max-new-tokens", "8", "--output", str(out)]
+    err = error_line(capsys, argv)
+    assert err.startswith("args-fast generate: error: prompt (") and "exceeds the policy's context of 32" in err
+    assert not (tmp_path / "out.jsonl.partial").exists()

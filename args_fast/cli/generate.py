@@ -5,7 +5,6 @@ import math
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import torch
 
@@ -61,6 +60,17 @@ def _generate_records_problem(batches):
     return problem
 
 
+def _check_requests(decoders, encoded, max_new_tokens: int) -> None:
+    """Every batch checked as each decoder checks a request (ids, context of every model that reads
+    them), before either decodes any: a too-long prompt late in the file fails the run before its work."""
+    from ..decoding.inputs import check_request
+    from ..rewards import kinds
+    for _, d in decoders:
+        models = kinds.token_models(d.policy, d._spec, d.reward_model)
+        for ids, mask in encoded:
+            check_request(ids, mask, max_new_tokens, None, vocab=d.vocab, backend=d._backend, models=models)
+
+
 @releases_locks
 def run_generate(args) -> int:
     from tqdm import tqdm
@@ -95,6 +105,8 @@ def run_generate(args) -> int:
     if world.is_main:
         print(f"backend: {decoders[-1][1].backend_description}", file=sys.stderr)   # what runs, in words
     batches = [list(range(i, min(i + args.batch_size, len(prompts)))) for i in range(0, len(prompts), args.batch_size)]
+    _check_requests(decoders, [encode_prompts(tokenizer, [prompts[i] for i in rows], chat_template=chat)
+                               for rows in batches], args.max_new_tokens)
 
     def one_batch(j: int) -> list[dict]:
         """Both decoders on batch j; a prompt's draws come from its own generator (its index, the seed)."""
