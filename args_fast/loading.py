@@ -56,9 +56,132 @@ def check_placement(policy_path, reward_path, policy_device, reward_device, devi
                          "defaults (135M) fit one device: use --policy-device")
 
 
+# --------------------------------------------------------------------------------------- model kinds
+CAUSAL_LM, SCORE_MODEL = "a causal LM", "a one-label score model (*ForSequenceClassification, num_labels=1)"
+
+
+def _architectures(config) -> list[str]:
+    return list(getattr(config, "architectures", None) or [])
+
+
+def _kind_names(kind: str) -> set[str]:
+    """The transformers class names that are ``kind`` (a causal LM, or a sequence classifier)."""
+    from transformers.models.auto import modeling_auto as auto
+    mapping = (auto.MODEL_FOR_CAUSAL_LM_MAPPING_NAMES if kind == CAUSAL_LM
+               else auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    names = set()
+    for value in mapping.values():
+        names.update([value] if isinstance(value, str) else value)
+    return names
+
+
+def check_model_kind(label: str, path, kind: str, config) -> None:
+    """Before loading: the saved model at ``path`` is of the ``kind`` its role needs (judged by the
+    classes its config.json names, and a score model's number of labels); ValueError naming ``label``,
+    the path and what was found. A config without ``architectures`` passes: the load's own check of
+    missing weights (:func:`load_pretrained`) still refuses a head that would be random."""
+    found = _architectures(config)
+    if found and not set(found) & _kind_names(kind):
+        raise ValueError(f"{label} {path}: a {' / '.join(found)} (config.json architectures), not {kind}")
+    if kind == SCORE_MODEL and getattr(config, "num_labels", 1) != 1:
+        raise ValueError(f"{label} {path}: {config.num_labels} labels (config.json id2label), not {kind}")
+
+
+def load_pretrained(label: str, path, kind: str, **kwargs):
+    """``path`` loaded as ``kind`` (:data:`CAUSAL_LM` or :data:`SCORE_MODEL`), in eval mode. Refused with a
+    ValueError naming ``label`` and the path when it is another kind, or when its files lack weights of
+    the model (transformers would initialise them at random, e.g. the LM head of a saved classifier or
+    the score head of a saved LM) -- never a model that runs with a random head."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+    cls = AutoModelForCausalLM if kind == CAUSAL_LM else AutoModelForSequenceClassification
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except ValueError as err:   # e.g. a model_type this transformers does not know
+        raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
+    check_model_kind(label, path, kind, config)
+    from transformers.utils import logging as hf_logging
+    verbosity = hf_logging.get_verbosity()
+    # transformers' load report ("newly initialized" weights) is judged below: one clear line instead
+    hf_logging.set_verbosity_error()
+    try:
+        model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    except ValueError as err:
+        raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
+        found = " / ".join(_architectures(config)) or type(model).__name__
+        raise ValueError(f"{label} {path}: a {found} whose files lack weights {kind} needs ({shown}); they "
+                         "would be initialised at random")
+    return model.eval()
+
+
+# --------------------------------------------------------------------------------------- content fingerprints
+_FINGERPRINTS: dict = {}
+
+
+def fingerprint(path) -> str:
+    """What a saved model (or any file or folder) holds: the sha256 (first 16 hex digits) of the names,
+    sizes and bytes of its regular files (a folder's, sorted by name, subfolders included). Runs that
+    resume saved work compare these, so a model replaced at the same path is a different model. A file
+    is hashed once per process while its size, mtime, ctime and inode are unchanged."""
+    root = Path(path)
+    files = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+    # ctime too: a write changes it and no utime() can set it back, so a file rewritten in place is re-hashed
+    stats = tuple((str(p.relative_to(root)) if root.is_dir() else p.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                   st.st_ino) for p in files for st in [p.stat()])
+    key = (str(root.resolve()), stats)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for p, (name, size, *_) in zip(files, stats):
+            digest.update(f"{name}\0{size}\0".encode())
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]
+
+
+def model_fingerprints(**paths) -> dict:
+    """``{role: fingerprint}`` of the models a run loads, for the check of its saved work: each path given
+    (None: the role's embedded default -- the default policy's built folder, the default reward head's
+    shipped files), e.g. ``model_fingerprints(policy=args.policy, reward_model=args.reward_model)``."""
+    from . import default_models
+    out = {}
+    for role, path in paths.items():
+        if path is not None:
+            try:
+                out[role] = fingerprint(path)
+            except OSError as err:   # a file of a user's model folder that cannot be read: name the flag
+                raise ValueError(f"--{role.replace('_', '-')} {path}: cannot read {err.filename or path}: "
+                                 f"{err.strerror or err}") from None
+        elif role == "policy":
+            out[role] = fingerprint(default_models.policy_dir())
+        elif role == "reward_model":
+            out[role] = fingerprint(default_models.REWARD_WEIGHTS) + "+" + fingerprint(default_models.REWARD_META)
+        elif role == "relevance_reward_model":
+            out[role] = fingerprint(default_models.objective_dir("relevance"))
+    return out
+
+
+def run_model_fingerprints(args) -> dict:
+    """:func:`model_fingerprints` of the models a command's flags load: the policy and its one reward
+    source (--reward-model or the default, --implicit-reference, or --token-reward)."""
+    paths = {"policy": args.policy}
+    if getattr(args, "implicit_reference", None):
+        paths["implicit_reference"] = args.implicit_reference
+    elif getattr(args, "token_reward", None):
+        paths["token_reward"] = args.token_reward
+    else:
+        paths["reward_model"] = args.reward_model
+    return model_fingerprints(**paths)
+
+
 def load_models(policy_path: str | None = None, reward_path: str | None = None, *,
                 dtype: torch.dtype = torch.float32, policy_device=None, reward_device=None,
-                device_map: str | None = None) -> LoadedModels:
+                device_map: str | None = None, labels: tuple[str, str] = ("policy", "reward model")) -> LoadedModels:
     """The policy (a causal LM) and reward model (a one-label sequence classifier) in eval mode, in
     ``dtype``; the embedded defaults where a path is None. A reward model with another vocabulary
     than the policy's comes with its own tokenizer, so ARGS scores it through text.
@@ -67,8 +190,12 @@ def load_models(policy_path: str | None = None, reward_path: str | None = None, 
     device); or ``device_map`` ("auto", ...), through accelerate, for a model given by path that is
     larger than one device: its layers are spread over the GPUs (and the CPU) and the ``hf`` and
     ``reference`` backends run it (the static engines need each model whole on one device and say so).
-    The default reward model lives on the default policy's backbone, so it goes where the policy goes."""
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+    The default reward model lives on the default policy's backbone, so it goes where the policy goes.
+
+    A path must hold what its role needs (:func:`load_pretrained`): a causal LM with its trained LM head
+    for the policy, a one-label score model for the reward; else a ValueError naming ``labels``' entry
+    (the CLI passes its flags), the path and what was found."""
+    from transformers import AutoTokenizer
 
     from . import default_models
     check_placement(policy_path, reward_path, policy_device, reward_device, device_map)
@@ -77,7 +204,7 @@ def load_models(policy_path: str | None = None, reward_path: str | None = None, 
     if policy_path is None:
         policy, tokenizer = default_models.load_default_policy(dtype=dtype)
     else:
-        policy = AutoModelForCausalLM.from_pretrained(policy_path, dtype=dtype, **split).eval()
+        policy = load_pretrained(labels[0], policy_path, CAUSAL_LM, dtype=dtype, **split)
         tokenizer = AutoTokenizer.from_pretrained(policy_path)
     if policy_device is not None:
         policy.to(policy_device)
@@ -87,7 +214,7 @@ def load_models(policy_path: str | None = None, reward_path: str | None = None, 
         if not shared:
             reward.to(reward_device or policy.device)
     else:
-        reward = AutoModelForSequenceClassification.from_pretrained(reward_path, dtype=dtype, **split).eval()
+        reward = load_pretrained(labels[1], reward_path, SCORE_MODEL, dtype=dtype, **split)
         if not split:
             reward.to(reward_device or policy.device)
         if reward.config.vocab_size != policy.config.vocab_size:   # another vocabulary: score through text
@@ -136,7 +263,7 @@ def load_user_models(policy: str | None, reward_model: str | None, **kw):
     check_model_dir("--policy", policy)
     check_model_dir("--reward-model", reward_model)
     try:
-        return load_models(policy, reward_model, **kw)
+        return load_models(policy, reward_model, labels=("--policy", "--reward-model"), **kw)
     except OSError as err:
         given = [(flag, path) for flag, path in (("--policy", policy), ("--reward-model", reward_model)) if path]
         if not given:
@@ -163,12 +290,10 @@ def load_reward(args, loaded):
                   ("--token-reward", args.token_reward) if args.token_reward else (None, None))
     if path is None:
         return loaded.reward
-    from transformers import AutoModelForCausalLM
-
     from .rewards.vocab import ImplicitReward, TokenReward
     try:
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=next(loaded.policy.parameters()).dtype).eval()
-    except (OSError, ValueError) as err:
+        lm = load_pretrained(flag, path, CAUSAL_LM, dtype=next(loaded.policy.parameters()).dtype)
+    except OSError as err:
         raise ValueError(f"could not load {flag} {path} as a causal LM: {str(err).splitlines()[0]}") from err
     lm.to(loaded.policy.device)
     if args.implicit_reference:

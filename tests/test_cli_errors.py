@@ -344,3 +344,117 @@ def test_eval_module_bad_file_no_traceback(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr == f"args-fast eval: error: --prompts {tmp_path / 'x.jsonl'}: no such file\n"
+
+
+# --------------------------------------------------------------------------------------- model kinds
+def refused_after_loading(capsys, argv) -> str:
+    """``main(argv)`` ends with status 2 and one error line after the loading progress (no traceback, no
+    transformers load report): that line."""
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out and "LOAD REPORT" not in captured.err
+    lines = captured.err.splitlines()
+    assert lines[0] == "loading models ..." and lines[-1].startswith("args-fast ") and lines[-1].count("error:") == 1
+    return lines[-1]
+
+
+def _saved_as(tmp_path, model, name="model", drop_architectures=False):
+    """``model`` saved with the chat tokenizer under ``tmp_path/name``; ``drop_architectures`` removes the
+    class names from config.json (as some exporters write it), leaving only the weights to judge by."""
+    import json as _json
+    path = tmp_path / name
+    model.save_pretrained(path)
+    make_chat_tokenizer().save_pretrained(path)
+    if drop_architectures:
+        config = _json.loads((path / "config.json").read_text())
+        config.pop("architectures", None)
+        (path / "config.json").write_text(_json.dumps(config))
+    return path
+
+
+def test_a_classifier_given_as_policy_is_refused(saved, capsys):
+    """Loaded as a causal LM it would run with a random LM head (transformers only warns)."""
+    err = refused_after_loading(capsys, ["generate", "--policy", str(saved / "reward"), "--reward-model", str(saved / "reward"),
+                              "--prompt", "hi"])
+    assert err == (f"args-fast generate: error: --policy {saved / 'reward'}: a LlamaForSequenceClassification "
+                   "(config.json architectures), not a causal LM")
+
+
+def test_a_classifier_without_architectures_given_as_policy_is_refused_by_its_missing_head(saved, tmp_path, capsys):
+    from tiny_models import make_reward
+    path = _saved_as(tmp_path, make_reward("llama", 3), drop_architectures=True)
+    capsys.readouterr()
+    err = refused_after_loading(capsys, ["generate", "--policy", str(path), "--reward-model", str(saved / "reward"),
+                              "--prompt", "hi"])
+    assert err.startswith(f"args-fast generate: error: --policy {path}: a LlamaForCausalLM whose files lack weights a "
+                          "causal LM needs (lm_head.weight); they would be initialised at random")
+
+
+def test_a_causal_lm_given_as_reward_model_is_refused(saved, capsys):
+    err = refused_after_loading(capsys, ["generate", *models_argv(saved)[:2], "--reward-model", str(saved / "policy"),
+                              "--prompt", "hi"])
+    assert err == (f"args-fast generate: error: --reward-model {saved / 'policy'}: a LlamaForCausalLM (config.json "
+                   "architectures), not a one-label score model (*ForSequenceClassification, num_labels=1)")
+
+
+def test_a_causal_lm_without_architectures_given_as_reward_model_is_refused(saved, tmp_path, capsys):
+    from tiny_models import make_policy
+    path = _saved_as(tmp_path, make_policy("llama", 4), drop_architectures=True)
+    capsys.readouterr()
+    err = refused_after_loading(capsys, ["generate", "--policy", str(saved / "policy"), "--reward-model", str(path),
+                              "--prompt", "hi"])
+    # without its class names, an LM's config reads as 2 labels (transformers' default): refused either way
+    assert err == (f"args-fast generate: error: --reward-model {path}: 2 labels (config.json id2label), not a one-label "
+                   "score model (*ForSequenceClassification, num_labels=1)")
+
+
+def test_a_two_label_classifier_given_as_reward_model_is_refused(saved, tmp_path, capsys):
+    from tiny_models import make_reward
+    path = _saved_as(tmp_path, make_reward("llama", 5, num_labels=2))
+    capsys.readouterr()
+    err = refused_after_loading(capsys, ["generate", "--policy", str(saved / "policy"), "--reward-model", str(path),
+                              "--prompt", "hi"])
+    assert err == (f"args-fast generate: error: --reward-model {path}: 2 labels (config.json id2label), not a one-label "
+                   "score model (*ForSequenceClassification, num_labels=1)")
+
+
+@pytest.mark.parametrize("flag", ["--token-reward", "--implicit-reference"])
+def test_a_classifier_given_as_a_vocabulary_reward_is_refused(flag, saved, capsys):
+    err = refused_after_loading(capsys, ["generate", "--policy", str(saved / "policy"), flag, str(saved / "reward"),
+                              "--prompt", "hi"])
+    assert err == (f"args-fast generate: error: {flag} {saved / 'reward'}: a LlamaForSequenceClassification "
+                   "(config.json architectures), not a causal LM")
+
+
+def test_eval_refuses_a_classifier_as_policy(saved, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--policy", str(saved / "reward"), "--reward-model", str(saved / "reward"),
+              "--num-prompts", "1", "--out-dir", str(tmp_path / "out")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1] == (f"args-fast eval: error: --policy {saved / 'reward'}: a "
+                                    "LlamaForSequenceClassification (config.json architectures), not a causal LM")
+
+
+def test_load_models_api_names_the_role(saved):
+    from args_fast.loading import load_models
+    with pytest.raises(ValueError, match=f"^policy {saved / 'reward'}: a LlamaForSequenceClassification"):
+        load_models(str(saved / "reward"), str(saved / "reward"))
+
+
+def test_a_one_label_lm_config_as_reward_is_refused_by_its_missing_score_head(tmp_path):
+    import json as _json
+
+    from args_fast.loading import SCORE_MODEL, load_pretrained
+    from tiny_models import make_policy
+    path = _saved_as(tmp_path, make_policy("llama", 4), drop_architectures=True)
+    config = _json.loads((path / "config.json").read_text())
+    config["id2label"], config["label2id"] = {"0": "LABEL_0"}, {"LABEL_0": 0}
+    (path / "config.json").write_text(_json.dumps(config))
+    with pytest.raises(ValueError, match=r"^--reward-model .*: a LlamaForSequenceClassification whose files lack "
+                                         r"weights a one-label score model .* needs \(score.weight\); they would be "
+                                         "initialised at random$"):
+        load_pretrained("--reward-model", path, SCORE_MODEL)

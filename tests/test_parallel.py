@@ -99,22 +99,27 @@ def test_per_row_generators_make_a_rows_draws_its_own(backend):
         decoder.generate(ids, mask, generator=parallel.prompt_generators(0, [1, 2]))
 
 
+def saved(batch, records=(), key=None, check=None):
+    return {"batch": batch, "key": key if key is not None else [f"p{batch}"], "check": check or {}, "records": list(records)}
+
+
 def test_a_torn_last_line_is_dropped_and_the_owner_file_repaired(tmp_path):
     own, other = tmp_path / "part-0.jsonl", tmp_path / "part-1.jsonl"
-    parallel.append_line(own, {"batch": 0, "records": [1]})
-    parallel.append_line(other, {"batch": 1, "records": [2]})
+    parallel.append_line(own, saved(0, [{"r": 1}]))
+    parallel.append_line(other, saved(1, [{"r": 2}]))
     with open(own, "a") as f:
         f.write('{"batch": 2, "reco')
     with open(other, "a") as f:
         f.write('{"batch": 3}')   # whole JSON, but no newline: the write did not finish
     done = parallel.read_parts(tmp_path, repair_own=own)
     assert sorted(done) == [0, 1]
-    assert own.read_text() == '{"batch": 0, "records": [1]}\n'        # repaired: appends start clean
+    assert own.read_text() == json.dumps(saved(0, [{"r": 1}])) + "\n"     # repaired: appends start clean
     assert other.read_text().endswith('{"batch": 3}')                  # not ours: left alone
     with open(own, "a") as f:
         f.write("not json\n")
-    parallel.append_line(own, {"batch": 4, "records": []})
-    with pytest.raises(ValueError, match="line 2 is not JSON: the partial results are corrupt"):
+    parallel.append_line(own, saved(4))
+    with pytest.raises(ValueError, match=f"^{own}: line 2 is not JSON: the saved partial results are corrupt; "
+                                         f"delete {own} to run its batches again$"):
         parallel.read_parts(tmp_path)
 
 

@@ -5,14 +5,14 @@ import math
 import shutil
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import decode_continuations, encode_prompts
-from ..integrations.run_files import read_user_text, text_lines
-from ..loading import check_model_dir, check_placement, check_reward_flags, load_reward, load_user_models, placement
+from ..integrations.run_files import lock_run, output_file, read_user_text, releases_locks, text_lines
+from ..loading import (check_model_dir, check_placement, check_reward_flags, load_reward, load_user_models, placement,
+                       run_model_fingerprints)
 
 
 def _read_prompts(args) -> list[str]:
@@ -40,13 +40,38 @@ def _fmt_reward(value: float) -> str:
     return f"{value:+.3f}" if math.isfinite(value) else "n/a"
 
 
-def _generate_check(args, loaded, chat: bool) -> dict:
-    """What --output's records depend on: unfinished work of a run with other settings is not reused."""
+def _generate_check(args, loaded, chat: bool, model_files: dict | None = None) -> dict:
+    """What --output's records depend on: unfinished work of a run with other settings, or of other
+    models (``model_files``: the content fingerprints of the models' files), is not reused."""
     keys = ("k", "w", "mode", "temperature", "max_new_tokens", "seed", "backend", "batch_size", "implicit_reference",
             "token_reward", "beta", "reward_scale")
-    return {"models": loaded.names, "chat_template": chat, **{key: getattr(args, key) for key in keys}}
+    return {"models": loaded.names, "model_files": model_files, "chat_template": chat,
+            **{key: getattr(args, key) for key in keys}}
 
 
+def _generate_records_problem(batches):
+    """``validate`` of the saved batches: one record per prompt of the batch, in order, with both results."""
+    def problem(j: int, records: list[dict]) -> str | None:
+        if [r.get("index") for r in records] != batches[j]:
+            return f"records of prompts {[r.get('index') for r in records]}, not {batches[j]}"
+        if not all(isinstance(r.get(key), dict) and "result" in r[key] for r in records for key in ("greedy", "args")):
+            return "a record without its greedy or ARGS result"
+        return None
+    return problem
+
+
+def _check_requests(decoders, encoded, max_new_tokens: int) -> None:
+    """Every batch checked as each decoder checks a request (ids, context of every model that reads
+    them), before either decodes any: a too-long prompt late in the file fails the run before its work."""
+    from ..decoding.inputs import check_request
+    from ..rewards import kinds
+    for _, d in decoders:
+        models = kinds.token_models(d.policy, d._spec, d.reward_model)
+        for ids, mask in encoded:
+            check_request(ids, mask, max_new_tokens, None, vocab=d.vocab, backend=d._backend, models=models)
+
+
+@releases_locks
 def run_generate(args) -> int:
     from tqdm import tqdm
 
@@ -55,10 +80,11 @@ def run_generate(args) -> int:
     check_model_dir("--policy", args.policy)
     check_model_dir("--reward-model", args.reward_model)
     check_reward_flags(args)
-    output = Path(args.output) if args.output else None
-    if output is not None and output.is_dir():
-        raise ValueError(f"--output {args.output}: is a directory (give a .jsonl file path)")
+    output = output_file("--output", args.output) if args.output else None
     world = parallel.world()
+    if output is not None:   # one run per output file; its saved work tied to the models' file contents
+        lock_run("--output", output, output.with_name(output.name + ".lock"))
+    model_files = run_model_fingerprints(args) if output is not None else None
     where = placement(args)
     check_placement(args.policy, args.reward_model, **where)
     if world.is_main:
@@ -79,6 +105,8 @@ def run_generate(args) -> int:
     if world.is_main:
         print(f"backend: {decoders[-1][1].backend_description}", file=sys.stderr)   # what runs, in words
     batches = [list(range(i, min(i + args.batch_size, len(prompts)))) for i in range(0, len(prompts), args.batch_size)]
+    _check_requests(decoders, [encode_prompts(tokenizer, [prompts[i] for i in rows], chat_template=chat)
+                               for rows in batches], args.max_new_tokens)
 
     def one_batch(j: int) -> list[dict]:
         """Both decoders on batch j; a prompt's draws come from its own generator (its index, the seed)."""
@@ -102,7 +130,8 @@ def run_generate(args) -> int:
     run = parallel.BatchedRun([[prompts[i] for i in rows] for rows in batches], [len(rows) for rows in batches],
                               [sum(len(prompts[i]) for i in rows) for rows in batches],
                               work_dir=None if output is None else output.with_name(output.name + ".partial"),
-                              check=_generate_check(args, loaded, chat), desc="generate", w=world)
+                              check=_generate_check(args, loaded, chat, model_files), desc="generate", w=world,
+                              validate=_generate_records_problem(batches))
     args.interrupt_note = lambda: (f"{run.finished_prompts} of {run.total_prompts} prompts saved in {run.work_dir}; "
                                    "run the same command again to finish" if output is not None
                                    else "nothing saved (give --output FILE.jsonl to keep finished prompts)")

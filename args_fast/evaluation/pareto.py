@@ -26,7 +26,6 @@ interrupted cell resumes from its finished batches (``.partial/``).
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import sys
 import time
@@ -36,11 +35,11 @@ from . import metrics
 from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation
-from ..integrations.run_files import command_line, read_jsonl, write_jsonl
+from ..integrations.run_files import command_line, read_json, read_jsonl, releases_locks, write_jsonl
 from ..loading import check_model_dir
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import cut_at_eos, encode_prompts
-from ..loading import weight_bytes
+from ..loading import fingerprint, model_fingerprints, weight_bytes
 
 METHODS = ("greedy", "args", "rs", "mod", "ric")
 ADAPTERS = {"rs": ("positivity", "relevance"), "mod": ("positivity", "relevance"), "ric": ("ric",)}
@@ -68,10 +67,6 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
 class ParetoEvaluation(Evaluation):
     """The evaluation's models and prompts plus the second reward, the adapters and the extra judges."""
 
@@ -94,17 +89,21 @@ class ParetoEvaluation(Evaluation):
         super().__init__(args, command)
         if "args" in self.methods:
             self.check_k([args.k])
+        # the relevance reward model is identified by its files' content, as the others (read before it loads)
+        self.model_files.update(model_fingerprints(relevance_reward_model=args.relevance_reward_model))
         self.rewards = [self.reward, self._relevance_reward()]
+        self.check_requests("args" in self.methods, [("relevance reward model", self.rewards[1])])
         self.tfidf = metrics.TfidfRelevance()
         self.adapters, self.adapter_meta, self._models = {}, {}, {}
         from ..training.lora_sft import load_adapter
         for name in sorted({n for m in self.methods for n in ADAPTERS.get(m, ())}):
             self.adapters[name], self.adapter_meta[name] = load_adapter(self.adapter_dir / name)
         # what the cells depend on besides the base setup, hashed once (setup_key is asked per cell)
-        self.file_hashes = {"adapters": {n: _sha(self.adapter_dir / f"{n}.safetensors") for n in self.adapters}}
+        self.file_hashes = {"adapters": {n: fingerprint(self.adapter_dir / f"{n}.safetensors") + "+" +
+                                         fingerprint(self.adapter_dir / f"{n}.json") for n in self.adapters}}
         if args.relevance_reward_model is None:
             from ..default_models import objective_dir
-            self.file_hashes["relevance_head"] = _sha(objective_dir("relevance") / "reward_score.safetensors")
+            self.file_hashes["relevance_head"] = fingerprint(objective_dir("relevance") / "reward_score.safetensors")
         self.normalised = None
         self._seen_prompts = {}
 
@@ -116,11 +115,12 @@ class ParetoEvaluation(Evaluation):
             reward = load_default_reward(dtype=next(self.policy.parameters()).dtype, objective="relevance",
                                          policy=self.policy if shares else None)
             return reward if shares else reward.to(self.policy.device)
-        from transformers import AutoModelForSequenceClassification
+        from ..loading import SCORE_MODEL, load_pretrained
         path = args.relevance_reward_model
         try:
-            reward = AutoModelForSequenceClassification.from_pretrained(path, dtype=next(self.policy.parameters()).dtype)
-        except (OSError, ValueError) as err:
+            reward = load_pretrained("--relevance-reward-model", path, SCORE_MODEL,
+                                     dtype=next(self.policy.parameters()).dtype)
+        except OSError as err:
             raise ValueError(f"could not load --relevance-reward-model {path}: {str(err).splitlines()[0]}") from err
         if reward.config.vocab_size != self.policy.config.vocab_size:
             raise ValueError(f"--relevance-reward-model {path} has another vocabulary than the policy's; pareto "
@@ -141,10 +141,10 @@ class ParetoEvaluation(Evaluation):
         from ..rewards.normalization import NormalizedReward
         from ..decoding.calibration import calibrate
         from ..training.reward_heads import contexts_of
-        key = {"models": self.model_names, "calibration_prompts": self.args.calibration_prompts,
+        key = {"models": self.model_names, "model_files": self.model_files, "calibration_prompts": self.args.calibration_prompts,
                "max_new_tokens": self.args.max_new_tokens, "relevance": self.file_hashes.get("relevance_head")}
-        saved = json.loads(path.read_text()) if path.is_file() else None
-        if saved is None or saved["key"] != key:
+        saved = read_json(path)   # missing or damaged: computed again
+        if not isinstance(saved, dict) or saved.get("key") != key or not isinstance(saved.get("stats"), list):
             start = time.perf_counter()
             ids, mask = encode_prompts(self.tokenizer, contexts_of("val", self.args.calibration_prompts, seed=1),
                                        chat_template=True)
@@ -430,13 +430,14 @@ def report(ev: ParetoEvaluation, cells: list[dict], per_prompt: dict, calibratio
     return text
 
 
+@releases_locks
 def run_pareto(args) -> int:
     command = command_line("pareto")
     ev = ParetoEvaluation(args, command)
     args.interrupt_note = ev.saved_note
     cell_dir = ev.out_dir / "cells"
     key_path = cell_dir / "setup.json"
-    if key_path.is_file() and json.loads(key_path.read_text()) != ev.setup_key():
+    if key_path.is_file() and read_json(key_path) != ev.setup_key():
         raise ValueError(f"--out-dir {args.out_dir} holds cells of another setup ({key_path}); give a new --out-dir "
                          "or remove that one (its finished cells would not match these settings)")
     parallel.barrier()   # every rank has compared the old setup before rank 0 writes the new one
@@ -449,8 +450,11 @@ def run_pareto(args) -> int:
     for name, method in cells_of(ev):
         path = cell_dir / f"{name}.jsonl"
         if path.is_file():   # finished before: never recomputed
-            records = read_jsonl(path) if ev.world.is_main else None
-            if records is not None and [r["id"] for r in records] != [p["id"] for p in ev.prompts]:
+            try:
+                records = read_jsonl(path) if ev.world.is_main else None
+            except ValueError as err:
+                raise ValueError(f"{err}; remove it to recompute that cell") from None
+            if records is not None and [r.get("id") for r in records] != [p["id"] for p in ev.prompts]:
                 raise ValueError(f"{path}: its prompts differ from this run's; remove it to recompute")
         else:
             started = time.perf_counter()

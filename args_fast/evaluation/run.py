@@ -16,8 +16,10 @@ import torch
 from ..data.prompts import select
 from ..decoding.inputs import encode_prompts
 from ..integrations import parallel
-from ..integrations.run_files import command_line, machine_info, make_out_dir, read_user_text, text_lines, write_jsonl
-from ..loading import check_model_dir, check_placement, check_reward_flags, load_reward, load_user_models, placement
+from ..integrations.run_files import (command_line, lock_run, machine_info, make_out_dir, read_user_text,
+                                      releases_locks, text_lines, write_jsonl)
+from ..loading import (check_model_dir, check_placement, check_reward_flags, load_reward, load_user_models, placement,
+                       run_model_fingerprints)
 from . import metrics
 from .methods import METHODS, Method, args_decoder, available_methods, contrastive_unavailable, make_methods, run_batch
 
@@ -52,11 +54,17 @@ def read_prompt_records(flag: str, path: str) -> list[dict]:
 # --------------------------------------------------------------------------------------- the evaluation
 
 
+MAX_THREADS = 4096   # torch CPU threads: far above any machine's cores, far below what torch overflows at
+
+
 class Evaluation:
     """Models, encoded prompts and scorers shared by every method of one run (eval or sweep)."""
 
     def __init__(self, args, command: str):
         if args.threads:
+            # torch overflows past a C int ("Overflow when unpacking long") and would start any number below
+            if not 1 <= args.threads <= MAX_THREADS:
+                raise ValueError(f"--threads must be an integer in [1, {MAX_THREADS}], got {args.threads}")
             torch.set_num_threads(args.threads)
         self.args, self.command = args, command
         # every user input is checked before the models load
@@ -69,7 +77,11 @@ class Evaluation:
         self.out_dir = make_out_dir("--out-dir", args.out_dir)
         self.partial_dir = self.out_dir / ".partial"
         self.world = parallel.world()
+        # one run per output folder (released when the command returns: run_eval is @releases_locks)
+        lock_run("--out-dir", self.out_dir, self.out_dir / ".lock")
         self.progress: dict[str, parallel.BatchedRun] = {}
+        # saved work is tied to the models' file contents, read before they load
+        self.model_files = run_model_fingerprints(args)
         loaded = load_user_models(args.policy, args.reward_model, **where)
         loaded.reward = load_reward(args, loaded)
         if loaded.reward_tokenizer is not None:
@@ -99,6 +111,25 @@ class Evaluation:
         bad = [k for k in ks if not 1 <= k <= vocab]
         if bad:
             raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {bad}")
+
+    def check_requests(self, args_methods: bool, extra_rewards=()) -> None:
+        """Every batch checked as a request (ids in the policy's vocabulary; prompt + --max-new-tokens
+        within the context of every model that reads the ids: the policy, the reward models) before any
+        method decodes, so a run is refused whole, not after a method has run and been written. The
+        sliding-window check of a static or hf ARGS engine is made for an explicit --backend; ``auto``
+        makes it when it picks its engine."""
+        from ..decoding.inputs import check_request
+        from ..rewards.vocab import VocabReward
+        models = [("policy", self.policy)]
+        for name, reward in (("reward model", self.reward), *extra_rewards):
+            if isinstance(reward, VocabReward):
+                models += reward.extra_models(self.policy)
+            elif reward is not self.policy and getattr(reward, "config", None) is not None:
+                models.append((name, reward))
+        vocab = self.policy.get_output_embeddings().out_features
+        backend = self.args.backend if args_methods and self.args.backend != "auto" else "reference"
+        for _, ids, mask, _ in self.batches:
+            check_request(ids, mask, self.args.max_new_tokens, None, vocab=vocab, backend=backend, models=models)
 
     def header(self) -> dict:
         a = self.args
@@ -155,7 +186,8 @@ class Evaluation:
         """What every record of a run depends on besides its method: stored with unfinished work, which
         a restarted run reuses only when this is unchanged."""
         h = self.header()
-        return {key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")}
+        return {**{key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")},
+                "model_files": self.model_files}
 
     def run_method(self, method: Method, label: str | None = None) -> list[dict] | None:
         """One method over all prompts, scored: its batches dealt to the ranks (torchrun), each finished
@@ -168,7 +200,7 @@ class Evaluation:
                                    for chunk, _, mask, _ in self.batches],
                                   work_dir=self.partial_dir / label, check={**self.setup_key(), "method": label,
                                                                             "options": method.options},
-                                  desc=label, w=self.world)
+                                  desc=label, w=self.world, validate=self._records_problem)
         self.progress[label] = run
         if run.finished_prompts and self.world.is_main:
             print(f"{label}: resuming, {run.finished_prompts} of {run.total_prompts} prompts already done "
@@ -181,6 +213,14 @@ class Evaluation:
                 decoder = self.decoder_of(method)
             return self.score(self.generate_batch(method, j, decoder, label))
         return run.run(one_batch)
+
+    def _records_problem(self, j: int, records: list[dict]) -> str | None:
+        """``validate`` of a saved batch: one scored record per prompt of batch ``j``, in order."""
+        ids = [p["id"] for p in self.batches[j][0]]
+        if [r.get("id") for r in records] != ids:
+            return f"records of prompts {[r.get('id') for r in records]}, not {ids}"
+        missing = sorted({key for r in records for key in ("result", "reward", "method") if key not in r})
+        return f"records without {', '.join(missing)}" if missing else None
 
     def saved_note(self) -> str:
         """What an interrupted run leaves behind, in one line."""
@@ -273,6 +313,7 @@ def markdown_table(summary: dict, header: dict, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@releases_locks
 def run_eval(args) -> int:
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     # the default list runs what can run here; the table still lists a method that cannot, saying why
@@ -283,6 +324,7 @@ def run_eval(args) -> int:
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     if any(m.is_args for m in methods):
         ev.check_k([args.k])
+    ev.check_requests(any(m.is_args for m in methods))
     summary, greedy = {}, None
     # greedy is the win-rate baseline: it always runs, and first
     methods = [Method("greedy")] + [m for m in methods if m.name != "greedy"]

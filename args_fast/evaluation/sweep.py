@@ -12,7 +12,9 @@ import json
 from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation, _fmt, summarize
-from ..integrations.run_files import command_line, read_jsonl, write_jsonl
+import sys
+
+from ..integrations.run_files import command_line, read_json, read_jsonl, releases_locks, write_jsonl
 
 PLOTTED = ("reward", "diversity", "coherence", "vader", "minilm_positivity")
 
@@ -41,13 +43,22 @@ def plot(cells: list[dict], ks, out_dir) -> list[str]:
     return paths
 
 
+def _w_name(w: float) -> str:
+    """w in a cell's name: short (``1``, ``0.5``) where that reads back as w, else exact, so two weights
+    of the grid never share a cell (and its saved work)."""
+    return f"{w:g}" if float(f"{w:g}") == w else repr(w)
+
+
+@releases_locks
 def run_sweep(args) -> int:
     ev = Evaluation(args, command_line("sweep"))
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     ev.check_k(args.ks)
+    ev.check_requests(args_methods=True)
     cell_dir = ev.out_dir / "cells"
     key_path = cell_dir / "setup.json"
-    reuse = args.resume and key_path.exists() and json.loads(key_path.read_text()) == ev.setup_key()
+    # a damaged setup file matches no setup: nothing is reused
+    reuse = args.resume and key_path.exists() and read_json(key_path) == ev.setup_key()
     parallel.barrier()   # every rank has read the old setup before rank 0 writes the new one
     if ev.world.is_main:
         cell_dir.mkdir(exist_ok=True)
@@ -58,8 +69,14 @@ def run_sweep(args) -> int:
         --resume, else run (resuming its unfinished batches, if any) and written as it finishes."""
         path = cell_dir / f"{name}.jsonl"
         if reuse and path.exists():
-            records = read_jsonl(path)
-            if [r["id"] for r in records] == [p["id"] for p in ev.prompts] and records[0]["options"] == method.options:
+            try:
+                records = read_jsonl(path)
+            except ValueError as err:   # a damaged cell is computed again, not reused
+                records = None
+                if ev.world.is_main:
+                    print(f"note: not reusing {name}: {err}", file=sys.stderr)
+            if (records and [r.get("id") for r in records] == [p["id"] for p in ev.prompts]
+                    and all(r.get("options") == method.options for r in records)):
                 return records if ev.world.is_main else None
         records = ev.run_method(method, label=name)
         if records is not None:
@@ -73,7 +90,7 @@ def run_sweep(args) -> int:
             if w == 0:
                 records, source = greedy, "greedy"
             else:
-                name = f"args-greedy_k{k}_w{w:g}"
+                name = f"args-greedy_k{k}_w{_w_name(w)}"
                 records, source = records_of(Method("args-greedy", {"k": k, "w": w}), name), name
             if records is None:   # another rank than 0: rank 0 writes everything
                 continue

@@ -11,6 +11,8 @@ Resumption: a run with a ``work_dir`` appends each finished batch, scored, as on
 ``work_dir/part-<rank>.jsonl`` (flushed and fsynced). A restarted run (any world size) reads every
 part file, skips the batches already there and runs the rest; a torn last line (a crash while
 writing) is dropped, and the file truncated back to its last whole line before anything is appended.
+A line that is otherwise unreadable, a batch with missing or foreign records, or one stored twice
+with different records stops the run with one line naming the file (:func:`read_parts`, BatchedRun).
 """
 from __future__ import annotations
 
@@ -111,27 +113,65 @@ def assign(costs: list[int], size: int) -> list[list[int]]:
 
 
 # --------------------------------------------------------------------------------------- part files
-def read_parts(work_dir: Path, repair_own: Path | None = None) -> dict[int, dict]:
-    """Every whole line of every ``part-*.jsonl`` in ``work_dir``, by batch index. A last line without
-    its newline or not JSON is torn (a crash mid-write): dropped, and ``repair_own`` (this rank's file)
-    truncated back to its last whole line. A bad line before the last is corruption: a ValueError."""
-    done: dict[int, dict] = {}
+@dataclass
+class SavedBatch:
+    """One line of a part file: where it is (for error messages) and what it holds."""
+    path: Path
+    line: int
+    entry: dict
+
+    @property
+    def where(self) -> str:
+        return f"{self.path}: line {self.line}"
+
+
+def _entry_problem(entry) -> str | None:
+    """Why a parsed line is not a saved batch ({"batch": int >= 0, "key", "check", "records": [dict, ...]})."""
+    if not isinstance(entry, dict):
+        return f"a JSON {type(entry).__name__}, not an object"
+    missing = [k for k in ("batch", "key", "check", "records") if k not in entry]
+    if missing:
+        return f"no {', '.join(missing)}"
+    if type(entry["batch"]) is not int or entry["batch"] < 0:
+        return f"batch {entry['batch']!r} is not a batch index"
+    if not isinstance(entry["records"], list) or not all(isinstance(r, dict) for r in entry["records"]):
+        return "records is not a list of objects"
+    return None
+
+
+def _corrupt(where: str, path: Path, what: str) -> ValueError:
+    return ValueError(f"{where} {what}: the saved partial results are corrupt; delete {path} to run its batches "
+                      "again")
+
+
+def read_parts(work_dir: Path, repair_own: Path | None = None) -> dict[int, list[SavedBatch]]:
+    """Every saved batch of every ``part-*.jsonl`` in ``work_dir``: batch index -> its lines (several
+    when a batch was saved more than once, e.g. under other settings). A last line without its newline,
+    or not JSON, is torn (a crash mid-write): dropped, and ``repair_own`` (this rank's file) truncated
+    back to its last whole line. Any other line that is not JSON or not a saved batch is corruption: a
+    ValueError naming the file and the line (the run stops before any work)."""
+    done: dict[int, list[SavedBatch]] = {}
     if not work_dir.is_dir():
         return done
     for path in sorted(work_dir.glob("part-*.jsonl")):
-        data = path.read_bytes()
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read the saved partial results: {err.strerror or err}") from None
         lines = data.split(b"\n")
         whole, tail = lines[:-1], lines[-1]    # tail: bytes after the last newline (b"" if none)
         good_bytes = 0
         for number, line in enumerate(whole, 1):
             try:
                 entry = json.loads(line)
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError):
                 if number == len(whole) and not tail:   # the last line, torn inside a multi-byte write
                     break
-                raise ValueError(f"{path}: line {number} is not JSON: the partial results are corrupt; "
-                                 f"delete {work_dir} to start over") from None
-            done[int(entry["batch"])] = entry
+                raise _corrupt(f"{path}: line {number}", path, "is not JSON") from None
+            problem = _entry_problem(entry)
+            if problem is not None:
+                raise _corrupt(f"{path}: line {number}", path, f"is not a saved batch ({problem})")
+            done.setdefault(entry["batch"], []).append(SavedBatch(path, number, entry))
             good_bytes += len(line) + 1
         if good_bytes != len(data):
             print(f"note: dropped a torn last line of {path} (an interrupted write)", file=sys.stderr)
@@ -202,12 +242,17 @@ class BatchedRun:
     ``keys[j]``: what identifies batch j's inputs (e.g. its prompt ids); a stored batch is reused
     only when its key and ``check`` (the settings its records depend on) equal this run's.
     ``sizes[j]``: prompts in batch j (the progress bar's unit); ``costs[j]``: its work (tokens),
-    for the deal. ``fn(j)`` returns batch j's records (JSON-serialisable dicts)."""
+    for the deal. ``fn(j)`` returns batch j's records (JSON-serialisable dicts), one per prompt.
+
+    A stored batch of this run must hold ``sizes[j]`` records that ``validate(j, records)`` accepts
+    (None, or the reason it does not: e.g. a record of another prompt), and be stored once (or
+    identically): anything else is a ValueError naming the file and line, raised before any work."""
 
     _runs = 0
 
     def __init__(self, keys: list, sizes: list[int], costs: list[int], *, work_dir: Path | None = None,
-                 check: dict | None = None, desc: str = "", w: World | None = None):
+                 check: dict | None = None, desc: str = "", w: World | None = None,
+                 validate: Callable[[int, list[dict]], str | None] | None = None):
         self.sizes, self.costs = sizes, costs
         # compared with what a part file holds, so JSON's view of it (tuples become lists)
         self.keys = json.loads(json.dumps(keys))
@@ -216,10 +261,29 @@ class BatchedRun:
         self.done: dict[int, list[dict]] = {}
         self.own_part = None
         if work_dir is not None:
+            if work_dir.exists() and not work_dir.is_dir():
+                raise ValueError(f"{work_dir}: the store of this run's finished batches is a file, not a folder; "
+                                 "move it away")
             self.own_part = work_dir / f"part-{self.w.rank}.jsonl"
-            for j, entry in read_parts(work_dir, repair_own=self.own_part).items():
-                if j < len(keys) and entry.get("key") == self.keys[j] and entry.get("check") == self.check:
-                    self.done[j] = entry["records"]
+            for j, saved in read_parts(work_dir, repair_own=self.own_part).items():
+                # lines of other settings (check) or other inputs (key) are another run's: not reused
+                ours = [s for s in saved if j < len(keys) and s.entry["key"] == self.keys[j]
+                        and s.entry["check"] == self.check]
+                if not ours:
+                    continue
+                first = ours[0]
+                for other in ours[1:]:
+                    if other.entry["records"] != first.entry["records"]:
+                        raise _corrupt(f"{first.where} and {other.where}", other.path,
+                                       f"both hold batch {j} of this run, with different records")
+                records = first.entry["records"]
+                problem = (f"holds {len(records)} records for the {sizes[j]} prompts of batch {j}"
+                           if len(records) != sizes[j] else None)
+                if problem is None and validate is not None and (reason := validate(j, records)):
+                    problem = f"batch {j}: {reason}"
+                if problem is not None:
+                    raise _corrupt(first.where, first.path, problem)
+                self.done[j] = records
         BatchedRun._runs += 1
         self.serial = BatchedRun._runs
 
@@ -245,6 +309,8 @@ class BatchedRun:
                     progress.add(self.sizes[j])
                     continue
                 records[j] = fn(j)
+                if len(records[j]) != self.sizes[j]:   # a caller's bug: a resumed run could not check it
+                    raise RuntimeError(f"batch {j} made {len(records[j])} records for {self.sizes[j]} prompts")
                 if self.own_part is not None:
                     append_line(self.own_part, {"batch": j, "key": self.keys[j], "check": self.check,
                                                 "records": records[j]})

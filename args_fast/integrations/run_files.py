@@ -2,10 +2,12 @@
 written whole or not at all, output folders, and what a result file records about its run."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
 import shlex
+import socket
 import sys
 from pathlib import Path
 
@@ -79,8 +81,35 @@ def write_jsonl(path: Path, records: list[dict]):
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The records (JSON objects, one a line; blank lines skipped) of a result file; a file that cannot
+    be read, a line that is not JSON or not an object is a ValueError naming the file and the line."""
+    records = []
+    try:
+        with open(path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+                if not isinstance(record, dict):
+                    raise ValueError(f"{path}: line {number} is not a JSON object")
+                records.append(record)
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+    return records
+
+
+def read_json(path: Path):
+    """A JSON file this package wrote (a setup key, calibration statistics), or None when it is missing
+    or damaged (the caller then recomputes or refuses, saying which file)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def command_line(name: str) -> str:
@@ -89,3 +118,113 @@ def command_line(name: str) -> str:
     if len(sys.argv) > 1 and sys.argv[1] == name:
         return " ".join(["args-fast"] + argv[1:])
     return " ".join(argv)
+
+
+# --------------------------------------------------------------------------------------- one run per output
+def output_file(flag: str, path: str) -> Path:
+    """A result file the user named with ``flag`` (``generate --output``): not a directory, its folder
+    created if needed and writable; each failure a ValueError naming the flag, before any work."""
+    out = Path(path)
+    if out.is_dir():
+        raise ValueError(f"{flag} {path}: is a directory (give a .jsonl file path)")
+    make_out_dir(flag, str(out.parent))
+    if out.exists() and not os.access(out, os.W_OK):
+        raise ValueError(f"{flag} {path}: not writable")
+    return out
+
+
+class RunLock:
+    """An exclusive ``flock`` on ``lock_path``, held while one run writes an output. The kernel drops
+    it when its process ends, however it ends (kill -9 included), so a lock file left behind by a dead
+    run never blocks the next. :meth:`release` removes the file."""
+
+    def __init__(self, lock_path: Path, fd: int | None):
+        self.path, self.fd = lock_path, fd
+
+    def release(self) -> None:
+        if self.fd is None:
+            return
+        try:   # removed before unlocking: a run that opened this file meanwhile sees it is gone and retries
+            os.unlink(self.path)
+        except OSError:
+            pass
+        os.close(self.fd)
+        self.fd = None
+
+
+def _try_lock(lock_path: Path) -> tuple[int | None, str | None]:
+    """(the locked fd, None); (None, who holds it) when another process does; (None, None) on a file
+    system without locks."""
+    import fcntl
+    while True:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+            finally:
+                os.close(fd)
+            return None, holder
+        except OSError:   # a file system without locks: run unlocked rather than not at all
+            os.close(fd)
+            print(f"note: cannot lock {lock_path} on this file system; make sure no other run writes there",
+                  file=sys.stderr)
+            return None, None
+        try:   # the holder before us may have removed the file after we opened it: ours is then stale
+            current = os.stat(lock_path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(fd).st_ino:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+            return fd, None
+        os.close(fd)
+
+
+_SCOPES: list[list[RunLock]] = []
+
+
+def lock_run(flag: str, target, lock_path: Path) -> RunLock:
+    """Make this the only run writing ``target`` (named by ``flag``): a ValueError (one line naming the
+    flag, the output and the process holding it) when another live run holds ``lock_path``. Under
+    torchrun rank 0 takes the lock and every rank gets its answer. Released when the command that took
+    it returns (:func:`releases_locks`), else when the process ends."""
+    w = parallel.world()
+    fd, holder, refused = None, None, None
+    if w.is_main:
+        try:
+            fd, holder = _try_lock(Path(lock_path))
+        except OSError as err:
+            refused = f"{flag} {target}: cannot create the lock file {lock_path}: {err.strerror or err}"
+    if holder is not None:
+        pid, _, host = holder.partition(" ")
+        who = (f"process {pid}" + (f" on {host}" if host and host != socket.gethostname() else "")) if pid \
+            else "another process"
+        refused = (f"{flag} {target}: another run is writing it ({who} holds {lock_path}); wait for it to end "
+                   f"or give another {flag}")
+    if w.distributed:
+        import torch.distributed as dist
+        box = [refused]
+        dist.broadcast_object_list(box, src=0)
+        refused = box[0]
+    if refused:
+        raise ValueError(refused)
+    lock = RunLock(Path(lock_path), fd)
+    if _SCOPES:
+        _SCOPES[-1].append(lock)
+    return lock
+
+
+def releases_locks(command):
+    """Decorator of a command: the run locks it takes (:func:`lock_run`) are released when it returns or
+    raises, so a later command in the same process (tests, notebooks) is not refused."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _SCOPES.append([])
+        try:
+            return command(*args, **kwargs)
+        finally:
+            for lock in _SCOPES.pop():
+                lock.release()
+    return wrapper
