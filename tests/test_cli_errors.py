@@ -228,7 +228,7 @@ def test_normal_output_keeps_its_format(saved, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^--- greedy: reward [+-]\d+\.\d{3}$", out, re.M)
     assert re.search(r"^--- ARGS-greedy \(k=4, w=1\.0\): reward [+-]\d+\.\d{3}$", out, re.M)
-    assert re.search(r"mean final reward [+-]\d+\.\d{3} .* ms/step, batch 1\)", out)
+    assert re.search(r"mean final reward [+-]\d+\.\d{3} .* ms/token, batch 1\)", out)
 
 
 # --------------------------------------------------------------------------------------- Ctrl-C

@@ -165,7 +165,9 @@ class _Progress:
         self.bar = None
         if w.is_main:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr)
+
+            from .run_files import progress_disabled   # --quiet / TQDM_DISABLE
+            self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr, disable=progress_disabled())
 
     def add(self, n: int) -> None:
         if self.store is not None:

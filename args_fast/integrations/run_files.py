@@ -11,27 +11,29 @@ from pathlib import Path
 
 import torch
 
+from ..validation import UserError
 from . import parallel
 
 
 def read_user_text(flag: str, path: str) -> str:
-    """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); every way it can
-    fail (missing, a directory, unreadable, not UTF-8) is a ValueError naming the flag and the file."""
+    """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); ``-`` reads
+    standard input. Every way it can fail (missing, a directory, unreadable, not UTF-8) is a
+    :class:`UserError` naming the flag and the file."""
     try:
-        data = Path(path).read_bytes()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{flag} {path}: no such file") from None
+        raise UserError(f"{flag} {path}: no such file") from None
     except IsADirectoryError:
-        raise ValueError(f"{flag} {path}: is a directory, not a file") from None
+        raise UserError(f"{flag} {path}: is a directory, not a file") from None
     except PermissionError:
-        raise ValueError(f"{flag} {path}: permission denied") from None
+        raise UserError(f"{flag} {path}: permission denied") from None
     except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
+        raise UserError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(f"{flag} {path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+        raise UserError(f"{flag} {path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
                          f"(line {line})") from None
     return text.removeprefix("\ufeff")
 
@@ -42,15 +44,15 @@ def text_lines(text: str) -> list[str]:
 
 
 def make_out_dir(flag: str, path: str) -> Path:
-    """``path`` created (with its parents) if needed; an OSError becomes a ValueError naming the flag."""
+    """``path`` created (with its parents) if needed; an OSError becomes a UserError naming the flag."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ValueError(f"{flag} {path}: exists and is not a directory") from None
+        raise UserError(f"{flag} {path}: exists and is not a directory") from None
     except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot create it: {err.strerror or err}") from None
+        raise UserError(f"{flag} {path}: cannot create it: {err.strerror or err}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: not writable")
+        raise UserError(f"{flag} {path}: not writable")
     return Path(path)
 
 
@@ -89,3 +91,57 @@ def command_line(name: str) -> str:
     if len(sys.argv) > 1 and sys.argv[1] == name:
         return " ".join(["args-fast"] + argv[1:])
     return " ".join(argv)
+
+
+# --------------------------------------------------------------------------------------- result records
+# The fields every JSONL record of `generate --output`, `eval`, `sweep` and `pareto` starts with, in
+# this order (docs/cli.md lists their meanings). The official ARGS fields first, then ours; a command
+# appends its own measurements (eval: diversity, coherence, judges; pareto: lambda, relevance, ...).
+RECORD_FIELDS = ("id", "index", "method", "options", "prompt", "result", "response", "elapsed", "reward", "steps",
+                 "num_tokens", "stopped")
+
+
+def make_record(*, id, index: int, method: str, options: dict, prompt: str, result: str, elapsed: float,
+                num_tokens: int, stopped: bool, reward: float | None = None, **extra) -> dict:
+    """One result record: a continuation of one prompt by one decoding method.
+
+    ``prompt`` is the text the policy saw (chat template included), ``result`` the continuation (up to
+    the EOS that ended it, which is not included), ``response`` = prompt + result, ``elapsed`` the
+    seconds of the batch that decoded it divided by its rows (so sums over records are totals),
+    ``num_tokens`` the tokens of ``result``, ``stopped`` whether an EOS ended it (else the token limit),
+    ``steps`` the decoding steps this row took (``num_tokens``, plus one for that EOS), ``reward`` the
+    reward model's score of the whole response (None until scored). ``extra`` fields follow."""
+    record = {"id": id, "index": int(index), "method": method, "options": dict(options), "prompt": prompt,
+              "result": result, "response": prompt + result, "elapsed": float(elapsed),
+              "reward": None if reward is None else float(reward), "steps": int(num_tokens) + bool(stopped),
+              "num_tokens": int(num_tokens), "stopped": bool(stopped)}
+    clash = sorted(set(extra) & set(record))
+    if clash:
+        raise TypeError(f"make_record: {clash} are fields of their own, not extras")
+    record.update(extra)
+    return record
+
+
+# --------------------------------------------------------------------------------------- what a command says
+# --quiet: no progress bars and no info lines on stderr (results, warnings and errors still print).
+_quiet = False
+
+
+def set_quiet(quiet: bool) -> bool:
+    """Switch the info lines and progress bars off (or on again); returns the previous setting."""
+    global _quiet
+    previous, _quiet = _quiet, bool(quiet)
+    return previous
+
+
+def progress_disabled() -> bool:
+    """No progress bars: ``--quiet``, or ``TQDM_DISABLE`` set to a true value (read now, not when tqdm
+    was imported, and applied to bars that pass ``disable=`` themselves)."""
+    env = os.environ.get("TQDM_DISABLE", "").strip().lower()
+    return _quiet or env not in ("", "0", "false", "no", "off")
+
+
+def info(message: str) -> None:
+    """An info line on stderr (loading, backend, resuming, files written): rank 0 only, not with --quiet."""
+    if not _quiet and parallel.world().is_main:
+        print(message, file=sys.stderr, flush=True)
