@@ -126,7 +126,8 @@ def test_prompts_file_empty(content, tmp_path, capsys, no_model_loading):
 
 def test_no_prompt_at_all(capsys, no_model_loading):
     err = error_line(capsys, ["generate"])
-    assert err == "args-fast generate: error: give --prompt TEXT (repeatable) or --prompts-file FILE"
+    assert err == ("args-fast generate: error: give --prompt TEXT (repeatable), --prompts-file FILE or "
+                   "--messages-file FILE.jsonl")
 
 
 def test_prompts_file_read_as_text_mode_open(saved, tmp_path, capsys, monkeypatch):

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
 from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
+from ..validation import UserError
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
 FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
@@ -87,7 +88,7 @@ def contexts_of(split: str, n: int, seed: int, with_replies: bool = False):
             replies.append(turns[i + 1] if i + 1 < len(turns) and turns[i + 1] else None)
         if len(out) == n:
             return (out, replies) if with_replies else out
-    raise ValueError(f"the {split} split has only {len(out)} usable conversations, asked for {n}")
+    raise UserError(f"the {split} split has only {len(out)} usable conversations, asked for {n}")
 
 
 @torch.no_grad()
@@ -326,7 +327,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
     diffs = {split: pair_features(data[split], pairs[split]) for split in data}
     for split in data:
         if len(diffs[split][0]) == 0:
-            raise ValueError(f"no {split} pairs reach margin {margin}: lower --margin or add contexts")
+            raise UserError(f"no {split} pairs reach margin {margin}: lower --margin or add contexts")
     train_full, train_prefix = diffs["train"]
     demo_info = None
     if demonstrations:   # the human turn after each train context, from the same conversations
