@@ -376,3 +376,44 @@ def test_missing_module_of_our_own_is_a_bug(monkeypatch):
     monkeypatch.setattr("args_fast.loading.load_models", broken)
     with pytest.raises(ModuleNotFoundError):
         main(["generate", "--prompt", "hi", "-q"])
+
+
+# --------------------------------------------------------------------------------------- eval and sweep
+@pytest.fixture(scope="module")
+def prompts_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": text}) + "\n"
+                            for i, text in enumerate(["How was your day?", "Any plans?"])))
+    return path
+
+
+def study_argv(saved, prompts_file, out, *extra):
+    return [*models(saved), "--prompts", str(prompts_file), "--num-prompts", "2", "--offset", "0", "--max-new-tokens", "3",
+            "--out-dir", str(out), *extra]
+
+
+def test_eval_prints_the_backend_line_and_writes_the_record_schema(saved, prompts_file, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert main(["eval", *study_argv(saved, prompts_file, out, "--methods", "greedy,args-greedy,args-stochastic",
+                                     "--k", "3")]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("backend: ")]
+    assert len(lines) == 1, err   # both ARGS methods run the same engine: said once
+    for method in ("greedy", "args-greedy", "args-stochastic"):
+        records = read_jsonl(out / f"{method}.jsonl")
+        assert [(r["id"], r["index"], r["method"]) for r in records] == [("p0", 0, method), ("p1", 1, method)]
+        for r in records:
+            assert tuple(r)[:len(RECORD_FIELDS)] == RECORD_FIELDS
+            assert r["steps"] == r["num_tokens"] + r["stopped"] and r["response"] == r["prompt"] + r["result"]
+            assert isinstance(r["reward"], float) and r["user_message"] in r["prompt"]
+
+
+def test_sweep_prints_the_backend_line_and_quiet_silences_it(saved, prompts_file, tmp_path, capsys):
+    argv = ["sweep", *study_argv(saved, prompts_file, tmp_path / "sweep", "--ks", "2,3", "--ws", "0,1")]
+    assert main(argv) == 0
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if line.startswith("backend: ")]) == 1, err
+    assert "prompt/s" in err or "prompt" in err   # its progress bars
+    assert main(argv + ["--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "backend: " not in err and "prompt/s" not in err and "it/s" not in err, err

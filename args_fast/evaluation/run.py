@@ -200,12 +200,11 @@ class Evaluation:
         if run.finished_prompts:
             info(f"{label}: resuming, {run.finished_prompts} of {run.total_prompts} prompts already done "
                  f"({self.partial_dir / label})")
-        decoder = None
+        # built before the progress bar opens (its backend line then prints on a line of its own), and
+        # only when there is something left to decode
+        decoder = self.user_decoder(method) if run.finished_prompts < run.total_prompts else None
 
         def one_batch(j):
-            nonlocal decoder
-            if decoder is None:
-                decoder = self.user_decoder(method)
             return self.score(self.generate_batch(method, j, decoder, label))
         return run.run(one_batch)
 
