@@ -241,7 +241,8 @@ def load_reward(args, loaded):
 
     from .rewards.vocab import ImplicitReward, TokenReward
     try:
-        lm = AutoModelForCausalLM.from_pretrained(model_source(path), dtype=next(loaded.policy.parameters()).dtype).eval()
+        lm = AutoModelForCausalLM.from_pretrained(model_source(path),
+                                                  dtype=next(loaded.policy.parameters()).dtype).eval()
     except (OSError, ValueError) as err:   # ValueError: transformers' for a config that is not a causal LM's
         if isinstance(err, OSError) and (miss := hub_miss(flag, path, err)):
             raise miss from err

@@ -262,12 +262,35 @@ def test_ctrl_c_while_loading_models(capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------- real bugs stay visible
+# Only UserError (and a missing optional package) is one line: a ValueError from our own code is a bug,
+# shown with its traceback, exit status 1.
 def test_real_bugs_are_not_swallowed(monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
     monkeypatch.setattr("args_fast.loading.load_models", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["generate", "--prompt", "hi"])
+
+
+def test_a_bug_inside_decoding_keeps_its_traceback(saved, monkeypatch):
+    from args_fast.decoding.decoder import ARGSDecoder
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(ARGSDecoder, "generate", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["generate", *models_argv(saved), "--prompt", "hi", "--max-new-tokens", "3", "--k", "3", "-q"])
+
+
+def test_a_bug_exits_1_with_a_traceback(saved):
+    code = ("import sys; from args_fast.decoding.decoder import ARGSDecoder\n"
+            "def bug(*a, **k): raise ValueError('an internal bug')\n"
+            "ARGSDecoder.generate = bug\n"
+            "from args_fast.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "generate", *models_argv(saved), "--prompt", "hi",
+                          "--max-new-tokens", "3", "--k", "3", "-q"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "ValueError: an internal bug" in out.stderr
 
 
 def test_os_error_of_the_default_models_is_not_blamed_on_the_user(monkeypatch):

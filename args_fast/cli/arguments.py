@@ -114,7 +114,8 @@ def add_vocab_reward_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for the vocabulary-level rewards (``args_fast.rewards.vocab``), instead of --reward-model."""
     parser.add_argument("--implicit-reference", metavar="PATH",
                         help="reward = the implicit DPO/AIHF reward beta * sum log(pi_policy / pi_ref) of the policy "
-                             "(the tuned model) against this reference causal LM (local folder or model id); instead of "
+                             "(the tuned model) against this reference causal LM (local folder or model id); "
+                             "instead of "
                              "--reward-model (default: none)")
     parser.add_argument("--token-reward", metavar="PATH",
                         help="reward = GenARM-style token rewards: log-softmax of this autoregressive reward LM "

@@ -189,7 +189,9 @@ def run_generate(args) -> int:
         raise UserError(f"{needs} needs a chat template, and the policy's tokenizer has none")
     common = dict(max_new_tokens=args.max_new_tokens, tokenizer=tokenizer, reward_tokenizer=reward_tokenizer)
     args_method = f"args-{args.mode}"
-    args_options = {"k": args.k, "w": args.w, **({"temperature": args.temperature} if args.mode == "stochastic" else {})}
+    args_options = {"k": args.k, "w": args.w}
+    if args.mode == "stochastic":
+        args_options["temperature"] = args.temperature
     runs = ([("greedy", "greedy", {}, dict(k=1, w=0.0, mode="greedy", backend=args.backend))]
             if args.baseline == "greedy" else [])
     runs.append((f"ARGS-{args.mode} (k={args.k}, w={args.w})", args_method, args_options,
