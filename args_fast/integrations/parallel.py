@@ -166,7 +166,7 @@ class _Progress:
         if w.is_main:
             from tqdm import tqdm
 
-            from .run_files import progress_disabled   # --quiet / TQDM_DISABLE
+            from .console import progress_disabled   # --quiet / TQDM_DISABLE
             self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr, disable=progress_disabled())
 
     def add(self, n: int) -> None:

@@ -13,6 +13,7 @@ import torch
 
 from ..validation import UserError
 from . import parallel
+from .console import progress_disabled, quiet, set_quiet  # noqa: F401  (the commands import them from here)
 
 
 def read_user_text(flag: str, path: str) -> str:
@@ -123,25 +124,7 @@ def make_record(*, id, index: int, method: str, options: dict, prompt: str, resu
 
 
 # --------------------------------------------------------------------------------------- what a command says
-# --quiet: no progress bars and no info lines on stderr (results, warnings and errors still print).
-_quiet = False
-
-
-def set_quiet(quiet: bool) -> bool:
-    """Switch the info lines and progress bars off (or on again); returns the previous setting."""
-    global _quiet
-    previous, _quiet = _quiet, bool(quiet)
-    return previous
-
-
-def progress_disabled() -> bool:
-    """No progress bars: ``--quiet``, or ``TQDM_DISABLE`` set to a true value (read now, not when tqdm
-    was imported, and applied to bars that pass ``disable=`` themselves)."""
-    env = os.environ.get("TQDM_DISABLE", "").strip().lower()
-    return _quiet or env not in ("", "0", "false", "no", "off")
-
-
 def info(message: str) -> None:
     """An info line on stderr (loading, backend, resuming, files written): rank 0 only, not with --quiet."""
-    if not _quiet and parallel.world().is_main:
+    if not quiet() and parallel.world().is_main:
         print(message, file=sys.stderr, flush=True)
