@@ -368,3 +368,18 @@ def test_eval_module_bad_file_no_traceback(tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 2
     assert out.stderr == f"args-fast eval: error: --prompts {tmp_path / 'x.jsonl'}: no such file\n"
+
+
+# --------------------------------------------------------------------------------------- what the decoder refuses
+def test_a_backend_that_cannot_run_here_is_one_line(saved, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    err = error_line(capsys, ["generate", *models_argv(saved), "--prompt", "hi", "--backend", "static-triton", "-q"])
+    assert err.startswith("args-fast generate: error: backend='static-triton' cannot run these models: ")
+
+
+def test_a_prompt_longer_than_the_context_is_one_line(saved, capsys, monkeypatch):
+    from args_fast.decoding.decoder import ARGSDecoder
+    monkeypatch.setattr(ARGSDecoder, "generate", lambda *a, **k: pytest.fail("decoded before the check"))
+    err = error_line(capsys, ["generate", *models_argv(saved), "--prompt", "x" * 200, "--max-new-tokens", "8", "-q"])
+    assert err.startswith("args-fast generate: error: --max-new-tokens 8: prompt (")
+    assert "exceeds the policy's context of 128 positions" in err
