@@ -217,8 +217,8 @@ def test_baseline_none_runs_args_alone(saved, capsys, monkeypatch, tmp_path):
 
 
 def test_stream_prints_the_same_text_as_it_comes(saved, capsys, tmp_path, monkeypatch):
-    argv = ["generate", *models(saved), "--prompt", "hi", "--prompt", "yo", "--max-new-tokens", "5", "--k", "3", "-q"]
-    assert main(argv + ["--output", str(tmp_path / "plain.jsonl")]) == 0
+    argv = ["generate", *models(saved), "--prompt", "hi", "--prompt", "yo", "--max-new-tokens", "5", "--k", "3"]
+    assert main(argv + ["--output", str(tmp_path / "plain.jsonl"), "-q"]) == 0
     capsys.readouterr()
     writes = []
     call = cli_generate._Stream.__call__
@@ -228,13 +228,14 @@ def test_stream_prints_the_same_text_as_it_comes(saved, capsys, tmp_path, monkey
         writes.append(self.shown)
     monkeypatch.setattr(cli_generate._Stream, "__call__", spy)
     assert main(argv + ["--stream", "--output", str(tmp_path / "streamed.jsonl")]) == 0
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     plain, streamed = read_jsonl(tmp_path / "plain.jsonl"), read_jsonl(tmp_path / "streamed.jsonl")
     assert [r["result"] for r in streamed] == [r["result"] for r in plain]   # the same tokens
     for r in streamed:
         assert f"--- {'greedy' if r['method'] == 'greedy' else 'ARGS-greedy (k=3, w=1.0)'}:\n{r['result']}\n" in out
     assert len(writes) >= 4 and any(0 < len(w) < len(max(writes, key=len)) for w in writes)   # grew step by step
     assert out.count("=== prompt") == 2
+    assert "backend: " in err and "tok/s" not in err and "prompt/s" not in err   # no bar cuts into the text
 
 
 def test_stream_refuses_batches(capsys):

@@ -12,7 +12,8 @@ import torch
 
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import ROLES, check_request, cut_at_eos, encode_prompts
-from ..integrations.run_files import (info, make_record, progress_disabled, read_user_text, text_lines, write_jsonl)
+from ..integrations.console import hide_progress
+from ..integrations.run_files import info, make_record, progress_disabled, read_user_text, text_lines, write_jsonl
 from ..loading import (check_model_dir, check_placement, check_reward_flags, dtype_of, load_reward, load_user_models,
                        placement)
 from ..rewards import kinds
@@ -235,7 +236,7 @@ def run_generate(args) -> int:
                     print(f"\n=== prompt {rows[0] + 1}: {_shown(prompts[rows[0]])}")
                 print(f"--- {shown}:", flush=True)
             with tqdm(total=args.max_new_tokens, desc=f"{shown} [{decoder.backend}]", unit="tok", file=sys.stderr,
-                      leave=False, disable=not world.is_main or args.stream or progress_disabled()) as bar:
+                      leave=False, disable=not world.is_main or progress_disabled()) as bar:
                 start = time.perf_counter()
                 out = decoder.generate(input_ids, attention_mask, generator=parallel.prompt_generators(args.seed, rows),
                                        progress=bar.update, on_step=stream)
@@ -265,7 +266,12 @@ def run_generate(args) -> int:
                                    else "nothing saved (give --output FILE.jsonl to keep finished prompts)")
     if run.finished_prompts:
         info(f"resuming: {run.finished_prompts} of {run.total_prompts} prompts already done ({run.work_dir})")
-    records = run.run(one_batch)
+    bars = hide_progress(True) if args.stream else None   # a bar would cut into the streamed text
+    try:
+        records = run.run(one_batch)
+    finally:
+        if bars is not None:
+            hide_progress(bars)
     if records is None:    # another rank than 0: rank 0 prints and writes everything
         return 0
     if output is not None:
