@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ import torch.nn.functional as F
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
 from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
+from ..integrations.run_files import info   # progress lines; --quiet drops them
 from ..validation import UserError
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
@@ -129,8 +129,7 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
             next_pos, done = next_pos + 1, done | (tok == eos)
             if bool(done.all()):
                 break
-        print(f"  {split}: {lo + b}/{len(tokens)} replies sampled ({time.perf_counter() - start:.0f}s)",
-              file=sys.stderr)
+        info(f"  {split}: {lo + b}/{len(tokens)} replies sampled ({time.perf_counter() - start:.0f}s)")
     ended = (tokens == eos).any(-1)
     lengths = torch.where(ended, (tokens == eos).int().argmax(-1) + 1, torch.full_like(ended, T, dtype=torch.long))
     at = torch.tensor(PREFIX_LENGTHS)[None, :].clamp(max=T).expand(len(tokens), -1) - 1
@@ -179,7 +178,7 @@ def split_data(model, tokenizer, split: str, cfg: DataConfig, cache_dir=None, ob
     path = cache_root(cache_dir) / "rm_features" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         data = {**torch.load(path), "from_cache": True}
-        print(f"  {split}: cached features {path}", file=sys.stderr)
+        info(f"  {split}: cached features {path}")
     else:
         contexts = contexts_of(split, cfg.contexts, cfg.seed)
         data = {"contexts": contexts, "key": key, **sample_with_features(model, tokenizer, contexts, cfg, split)}
@@ -337,8 +336,8 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         demo_diff, demo_info = demonstration_pairs(data["train"], human_features(model, tokenizer, contexts, replies),
                                                    objective)
         train_full = torch.cat([train_full, demo_diff.to(train_full.dtype)])
-        print(f"  demonstrations: {demo_info['demonstrations']} of {demo_info['human_replies_considered']} human "
-              f"replies, {demo_info['pairs']} pairs", file=sys.stderr)
+        info(f"  demonstrations: {demo_info['demonstrations']} of {demo_info['human_replies_considered']} human "
+             f"replies, {demo_info['pairs']} pairs")
     scale = data["train"]["features"].flatten(0, 2).std(0).clamp(min=1e-6)
     fits = []
     for l2 in L2_GRID:
@@ -346,8 +345,8 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         val_loss = float(pairwise_loss(diffs["val"][0] @ w, torch.zeros(len(diffs["val"][0]))))
         fits.append({"l2": l2, "w": w, "val_accuracy": accuracy(diffs["val"][0], w), "val_loss": val_loss,
                      "train_accuracy": accuracy(train_full, w)})
-        print(f"  l2={l2:g}: train acc {fits[-1]['train_accuracy']:.4f}  val acc {fits[-1]['val_accuracy']:.4f}  "
-              f"val loss {val_loss:.4f}", file=sys.stderr)
+        info(f"  l2={l2:g}: train acc {fits[-1]['train_accuracy']:.4f}  val acc {fits[-1]['val_accuracy']:.4f}  "
+             f"val loss {val_loss:.4f}")
     best = max(fits, key=lambda f: (f["val_accuracy"], -f["val_loss"]))
     w = best["w"]
     test_full, test_prefix = diffs["test"]
