@@ -1,5 +1,10 @@
 """Loading the policy and the reward model for the command line and the evaluation commands: paths and
-placement checked before anything loads, each error naming the flag."""
+placement checked before anything loads, each error (a :class:`~args_fast.validation.UserError`)
+naming the flag.
+
+A model is given as ``from_pretrained`` takes it: a local folder written by ``save_pretrained``, or a
+Hugging Face Hub id (``org/name``), loaded from the local cache or downloaded. What looks like a path
+(starts with ``/``, ``.`` or ``~``, or exists) is checked as a folder; anything else is taken for an id."""
 from __future__ import annotations
 
 import hashlib
@@ -8,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+
+from .validation import UserError
 
 
 @dataclass
@@ -31,28 +38,47 @@ def weight_bytes(*models) -> int:
 
 
 DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def check_device(flag: str, value: str) -> None:
+    """A device that exists here: a CUDA device on a build or machine without one is a UserError
+    saying so, before anything loads (torch would fail deep inside ``.to``)."""
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        raise UserError(f"{flag} must be a torch device such as cpu, cuda or cuda:1, got {value!r}") from None
+    if device.type == "cpu" or device.type == "meta":
+        return
+    backend = getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if available is None or not available():
+        why = (f"this torch {torch.__version__} was built without CUDA" if device.type == "cuda" and
+               torch.version.cuda is None else f"no {device.type} device is available here")
+        raise UserError(f"{flag} {value}: {why}; use --{flag.lstrip('-')} cpu (or install a torch build for your "
+                        "accelerator)")
+    count = getattr(backend, "device_count", lambda: 1)()
+    if device.index is not None and device.index >= count:
+        raise UserError(f"{flag} {value}: there are {count} {device.type} device(s) here (indices 0 to {count - 1})")
 
 
 def check_placement(policy_path, reward_path, policy_device, reward_device, device_map) -> None:
-    """The placement options, checked before anything loads; ValueError naming the flag."""
+    """The placement options, checked before anything loads; UserError naming the flag."""
     for flag, value in (("--policy-device", policy_device), ("--reward-device", reward_device)):
         if value is not None:
-            try:
-                torch.device(value)
-            except (RuntimeError, TypeError):
-                raise ValueError(f"{flag} must be a torch device such as cpu, cuda or cuda:1, got {value!r}") from None
+            check_device(flag, value)
     if (policy_path is None and reward_path is None and reward_device is not None
             and torch.device(reward_device) != torch.device(policy_device or "cpu")):
-        raise ValueError("--reward-device: the default reward model is a head on the default policy's own backbone, "
+        raise UserError("--reward-device: the default reward model is a head on the default policy's own backbone, "
                          "so it lives on the policy's device (give --policy-device only)")
     if device_map is None:
         return
     if device_map not in DEVICE_MAPS:
-        raise ValueError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
+        raise UserError(f"--device-map must be one of {', '.join(DEVICE_MAPS)}, got {device_map!r}")
     if policy_device is not None or reward_device is not None:
-        raise ValueError("give --device-map or --policy-device / --reward-device, not both")
+        raise UserError("give --device-map or --policy-device / --reward-device, not both")
     if policy_path is None and reward_path is None:
-        raise ValueError("--device-map splits models given by path (--policy, --reward-model); the embedded "
+        raise UserError("--device-map splits models given by path (--policy, --reward-model); the embedded "
                          "defaults (135M) fit one device: use --policy-device")
 
 
@@ -82,9 +108,9 @@ def check_model_kind(label: str, path, kind: str, config) -> None:
     missing weights (:func:`load_pretrained`) still refuses a head that would be random."""
     found = _architectures(config)
     if found and not set(found) & _kind_names(kind):
-        raise ValueError(f"{label} {path}: a {' / '.join(found)} (config.json architectures), not {kind}")
+        raise UserError(f"{label} {path}: a {' / '.join(found)} (config.json architectures), not {kind}")
     if kind == SCORE_MODEL and getattr(config, "num_labels", 1) != 1:
-        raise ValueError(f"{label} {path}: {config.num_labels} labels (config.json id2label), not {kind}")
+        raise UserError(f"{label} {path}: {config.num_labels} labels (config.json id2label), not {kind}")
 
 
 def load_pretrained(label: str, path, kind: str, **kwargs):
@@ -97,7 +123,7 @@ def load_pretrained(label: str, path, kind: str, **kwargs):
     try:
         config = AutoConfig.from_pretrained(path)
     except ValueError as err:   # e.g. a model_type this transformers does not know
-        raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
     check_model_kind(label, path, kind, config)
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
@@ -106,14 +132,14 @@ def load_pretrained(label: str, path, kind: str, **kwargs):
     try:
         model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
     except ValueError as err:
-        raise ValueError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"{label} {path}: cannot load it as {kind}: {str(err).splitlines()[0]}") from err
     finally:
         hf_logging.set_verbosity(verbosity)
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         shown = ", ".join(missing[:4]) + (f" and {len(missing) - 4} more" if len(missing) > 4 else "")
         found = " / ".join(_architectures(config)) or type(model).__name__
-        raise ValueError(f"{label} {path}: a {found} whose files lack weights {kind} needs ({shown}); they "
+        raise UserError(f"{label} {path}: a {found} whose files lack weights {kind} needs ({shown}); they "
                          "would be initialised at random")
     return model.eval()
 
@@ -155,7 +181,7 @@ def model_fingerprints(**paths) -> dict:
             try:
                 out[role] = fingerprint(path)
             except OSError as err:   # a file of a user's model folder that cannot be read: name the flag
-                raise ValueError(f"--{role.replace('_', '-')} {path}: cannot read {err.filename or path}: "
+                raise UserError(f"--{role.replace('_', '-')} {path}: cannot read {err.filename or path}: "
                                  f"{err.strerror or err}") from None
         elif role == "policy":
             out[role] = fingerprint(default_models.policy_dir())
@@ -227,23 +253,58 @@ def load_models(policy_path: str | None = None, reward_path: str | None = None, 
     return LoadedModels(policy, tokenizer, reward, reward_tokenizer, names)
 
 
+def looks_local(path: str) -> bool:
+    """Whether ``path`` names a local folder rather than a Hub id: it starts with / . or ~, or exists."""
+    return path.startswith(("/", ".", "~")) or os.path.isabs(path) or Path(path).exists()
+
+
+def model_source(path: str | None) -> str | None:
+    """What ``from_pretrained`` gets for a user's ``path``: ``~`` expanded (a shell leaves
+    ``--policy=~/m`` as it is), a Hub id as given."""
+    return None if path is None else os.path.expanduser(path) if path.startswith("~") else path
+
+
 def check_model_dir(flag: str, path: str | None) -> None:
-    """A ``--policy`` / ``--reward-model`` path, checked before anything loads (transformers would take a
-    missing path for a hub repository id and fail deep inside with a traceback)."""
+    """A ``--policy`` / ``--reward-model`` path or Hub id, checked before anything loads: a local path must
+    be a folder written by ``save_pretrained``; an id must be well-formed (whether the Hub or the cache
+    has it is known only when it loads)."""
     if path is None:
         return
-    p = Path(path)
+    if not looks_local(path):
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+        try:
+            validate_repo_id(path)
+        except HFValidationError:
+            raise UserError(f"{flag} {path}: no such directory, and not a Hugging Face model id (org/name: letters, "
+                            "digits, '-', '_', '.')") from None
+        return
+    p = Path(model_source(path))
     if not p.exists():
-        raise ValueError(f"{flag} {path}: no such directory")
+        raise UserError(f"{flag} {path}: no such directory")
     if not p.is_dir():
-        raise ValueError(f"{flag} {path}: not a directory (give the folder written by save_pretrained)")
+        raise UserError(f"{flag} {path}: not a directory (give the folder written by save_pretrained)")
     if not os.access(p, os.R_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: permission denied")
+        raise UserError(f"{flag} {path}: permission denied")
     config = p / "config.json"
     if not config.is_file():
-        raise ValueError(f"{flag} {path}: no config.json there (not a model saved with save_pretrained)")
+        raise UserError(f"{flag} {path}: no config.json there (not a model saved with save_pretrained)")
     if not os.access(config, os.R_OK):
-        raise ValueError(f"{flag} {config}: permission denied")
+        raise UserError(f"{flag} {config}: permission denied")
+
+
+def hub_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(getattr(constants, "HF_HUB_OFFLINE", False))
+
+
+def hub_miss(flag: str, path: str, err: BaseException) -> UserError | None:
+    """The one line for a Hub id that did not load because it is not cached and the Hub cannot be reached
+    (offline mode or no network), saying what to do; None for any other failure."""
+    if looks_local(path) or not (hub_offline() or "couldn't connect" in str(err).lower()):
+        return None
+    why = "HF_HUB_OFFLINE is set" if hub_offline() else "no network connection to huggingface.co"
+    return UserError(f"{flag} {path}: not a local folder, and not in the Hugging Face cache while the Hub cannot be "
+                     f"reached ({why}): download it once online, or give {flag} a local folder")
 
 
 def placement(args) -> dict:
@@ -257,19 +318,33 @@ def placement(args) -> dict:
     return {"policy_device": policy_device, "reward_device": reward_device, "device_map": device_map}
 
 
+def dtype_of(args) -> torch.dtype:
+    """The torch dtype of ``--dtype`` (float32 when the command has no such flag)."""
+    return DTYPES[getattr(args, "dtype", None) or "float32"]
+
+
 def load_user_models(policy: str | None, reward_model: str | None, **kw):
     """:func:`load_models` after checking the user's paths; an OSError while loading a user-given model
-    (a file missing or unreadable in its folder) becomes a ValueError naming the flags."""
+    (a file missing or unreadable in its folder, a Hub id not cached while offline) becomes a UserError
+    naming the flags, and a missing optional package of the embedded defaults a UserError with the
+    install line."""
     check_model_dir("--policy", policy)
     check_model_dir("--reward-model", reward_model)
     try:
-        return load_models(policy, reward_model, labels=("--policy", "--reward-model"), **kw)
+        return load_models(model_source(policy), model_source(reward_model), labels=("--policy", "--reward-model"),
+                           **kw)
     except OSError as err:
         given = [(flag, path) for flag, path in (("--policy", policy), ("--reward-model", reward_model)) if path]
         if not given:
             raise
         named = [(flag, path) for flag, path in given if str(Path(path)) in str(err) or path in str(err)] or given
-        raise ValueError(f"could not load {' / '.join(f'{flag} {path}' for flag, path in named)}: {err}") from err
+        if len(named) == 1 and (miss := hub_miss(*named[0], err)):
+            raise miss from err
+        raise UserError(f"could not load {' / '.join(f'{flag} {path}' for flag, path in named)}: {err}") from err
+    except ImportError as err:
+        if "pip install" not in str(err):   # ours name the package to install; anything else is a bug
+            raise
+        raise UserError(str(err)) from err
 
 
 def check_reward_flags(args) -> None:
@@ -278,7 +353,7 @@ def check_reward_flags(args) -> None:
                                       ("--implicit-reference", args.implicit_reference),
                                       ("--token-reward", args.token_reward)) if value]
     if len(given) > 1:
-        raise ValueError(f"give one reward source, not {' and '.join(given)}")
+        raise UserError(f"give one reward source, not {' and '.join(given)}")
     check_model_dir("--implicit-reference", args.implicit_reference)
     check_model_dir("--token-reward", args.token_reward)
 
@@ -292,9 +367,11 @@ def load_reward(args, loaded):
         return loaded.reward
     from .rewards.vocab import ImplicitReward, TokenReward
     try:
-        lm = load_pretrained(flag, path, CAUSAL_LM, dtype=next(loaded.policy.parameters()).dtype)
+        lm = load_pretrained(flag, model_source(path), CAUSAL_LM, dtype=next(loaded.policy.parameters()).dtype)
     except OSError as err:
-        raise ValueError(f"could not load {flag} {path} as a causal LM: {str(err).splitlines()[0]}") from err
+        if miss := hub_miss(flag, path, err):
+            raise miss from err
+        raise UserError(f"could not load {flag} {path} as a causal LM: {str(err).splitlines()[0]}") from err
     lm.to(loaded.policy.device)
     if args.implicit_reference:
         reward = ImplicitReward(loaded.policy, lm, args.beta)
@@ -303,6 +380,6 @@ def load_reward(args, loaded):
     try:
         reward.check(loaded.policy)
     except (TypeError, ValueError) as err:
-        raise ValueError(f"{flag} {path}: {err}") from None
+        raise UserError(f"{flag} {path}: {err}") from None
     loaded.names["reward_model"] = f"{reward.describe(loaded.policy)} ({flag} {path})"
     return reward

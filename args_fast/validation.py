@@ -1,5 +1,5 @@
 """Checks of user-given numbers and ids, shared by every layer: each error names the argument and the
-allowed range, before any work is done.
+allowed range, before any work is done. :class:`UserError` marks the errors in what a user typed.
 
 Numbers may be Python numbers, numpy scalars or one-element tensors; bools are refused (``True`` is not
 a count or a weight).
@@ -62,3 +62,10 @@ def token_ids(name: str, value, vocab: int) -> list[int]:
         value = value.tolist()
     items = list(value) if isinstance(value, (list, tuple)) else [value]
     return [as_int(name, i, 0, vocab - 1) for i in items]
+
+
+class UserError(ValueError):
+    """An input the user gave (a flag's value, a path, a file's contents, a missing optional package)
+    cannot be used: the command line prints its message as one line and exits with status 2. Anything
+    else that escapes a command is a bug of ours and keeps its traceback. A ValueError, so callers of
+    the library that catch ValueError for bad arguments still catch it."""

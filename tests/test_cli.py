@@ -23,7 +23,7 @@ def test_generate_side_by_side(saved, capsys, tmp_path):
     out = capsys.readouterr().out
     assert out.count("=== prompt") == 3 and "a third prompt" in out
     assert "--- greedy: reward" in out and "--- ARGS-stochastic (k=4, w=2.0): reward" in out
-    assert "ms/step" in out
+    assert "ms/token" in out
 
 
 def test_bad_option_is_one_clear_line(saved, capsys):

@@ -126,7 +126,8 @@ def test_prompts_file_empty(content, tmp_path, capsys, no_model_loading):
 
 def test_no_prompt_at_all(capsys, no_model_loading):
     err = error_line(capsys, ["generate"])
-    assert err == "args-fast generate: error: give --prompt TEXT (repeatable) or --prompts-file FILE"
+    assert err == ("args-fast generate: error: give --prompt TEXT (repeatable), --prompts-file FILE or "
+                   "--messages-file FILE.jsonl")
 
 
 def test_prompts_file_read_as_text_mode_open(saved, tmp_path, capsys, monkeypatch):
@@ -228,7 +229,7 @@ def test_normal_output_keeps_its_format(saved, capsys):
     out = capsys.readouterr().out
     assert re.search(r"^--- greedy: reward [+-]\d+\.\d{3}$", out, re.M)
     assert re.search(r"^--- ARGS-greedy \(k=4, w=1\.0\): reward [+-]\d+\.\d{3}$", out, re.M)
-    assert re.search(r"mean final reward [+-]\d+\.\d{3} .* ms/step, batch 1\)", out)
+    assert re.search(r"mean final reward [+-]\d+\.\d{3} .* ms/token, batch 1\)", out)
 
 
 # --------------------------------------------------------------------------------------- Ctrl-C
@@ -261,12 +262,35 @@ def test_ctrl_c_while_loading_models(capsys, monkeypatch):
 
 
 # --------------------------------------------------------------------------------------- real bugs stay visible
+# Only UserError (and a missing optional package) is one line: a ValueError from our own code is a bug,
+# shown with its traceback, exit status 1.
 def test_real_bugs_are_not_swallowed(monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug")
     monkeypatch.setattr("args_fast.loading.load_models", bug)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["generate", "--prompt", "hi"])
+
+
+def test_a_bug_inside_decoding_keeps_its_traceback(saved, monkeypatch):
+    from args_fast.decoding.decoder import ARGSDecoder
+
+    def bug(*args, **kwargs):
+        raise ValueError("an internal bug")
+    monkeypatch.setattr(ARGSDecoder, "generate", bug)
+    with pytest.raises(ValueError, match="an internal bug"):
+        main(["generate", *models_argv(saved), "--prompt", "hi", "--max-new-tokens", "3", "--k", "3", "-q"])
+
+
+def test_a_bug_exits_1_with_a_traceback(saved):
+    code = ("import sys; from args_fast.decoding.decoder import ARGSDecoder\n"
+            "def bug(*a, **k): raise ValueError('an internal bug')\n"
+            "ARGSDecoder.generate = bug\n"
+            "from args_fast.cli import main; sys.exit(main(sys.argv[1:]))")
+    out = subprocess.run([sys.executable, "-c", code, "generate", *models_argv(saved), "--prompt", "hi",
+                          "--max-new-tokens", "3", "--k", "3", "-q"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "Traceback" in out.stderr and "ValueError: an internal bug" in out.stderr
 
 
 def test_os_error_of_the_default_models_is_not_blamed_on_the_user(monkeypatch):
@@ -458,3 +482,18 @@ def test_a_one_label_lm_config_as_reward_is_refused_by_its_missing_score_head(tm
                                          r"weights a one-label score model .* needs \(score.weight\); they would be "
                                          "initialised at random$"):
         load_pretrained("--reward-model", path, SCORE_MODEL)
+
+
+# --------------------------------------------------------------------------------------- what the decoder refuses
+def test_a_backend_that_cannot_run_here_is_one_line(saved, capsys, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    err = error_line(capsys, ["generate", *models_argv(saved), "--prompt", "hi", "--backend", "static-triton", "-q"])
+    assert err.startswith("args-fast generate: error: backend='static-triton' cannot run these models: ")
+
+
+def test_a_prompt_longer_than_the_context_is_one_line(saved, capsys, monkeypatch):
+    from args_fast.decoding.decoder import ARGSDecoder
+    monkeypatch.setattr(ARGSDecoder, "generate", lambda *a, **k: pytest.fail("decoded before the check"))
+    err = error_line(capsys, ["generate", *models_argv(saved), "--prompt", "x" * 200, "--max-new-tokens", "8", "-q"])
+    assert err.startswith("args-fast generate: error: --max-new-tokens 8: prompt (")
+    assert "exceeds the policy's context of 128 positions" in err

@@ -219,7 +219,8 @@ def test_torchrun_generate_output_matches_one_process(tiny_dir, tmp_path):
     a = run_processes(argv(tmp_path / "one.jsonl"), 1, tmp_path)
     b = run_processes(argv(tmp_path / "two.jsonl"), 2, tmp_path)
     records = [without_times(r) for r in read_jsonl(tmp_path / "one.jsonl")]
-    assert [r["index"] for r in records] == [0, 1, 2, 3, 4]
+    assert [(r["index"], r["method"]) for r in records] == [(i, m) for i in range(5)
+                                                            for m in ("greedy", "args-stochastic")]
     assert [without_times(r) for r in read_jsonl(tmp_path / "two.jsonl")] == records
     body = lambda text: text.split("\n\n")[:-1]   # every prompt's block, not the timing lines
     assert body(b.stdout) == body(a.stdout) and b.stdout.count("=== prompt 1:") == 1

@@ -6,8 +6,8 @@ import argparse
 import math
 
 from ..data.prompts import PROMPTS_FILE
-from ..decoding.decoder import BACKENDS
-from ..loading import DEVICE_MAPS
+from ..engine.backends.registry import ALIASES, BACKENDS
+from ..loading import DEVICE_MAPS, DTYPES
 from ..validation import T_MAX, T_MIN, W_LIMIT
 
 
@@ -72,7 +72,34 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
+# --backend offers the current names; the old ones (ALIASES) are still taken, and the decoder warns
+# that they are deprecated, but --help does not list them
+BACKEND_CHOICES = ("auto",) + tuple(BACKENDS)
+
+
+def backend_name(text: str) -> str:
+    """argparse type of --backend: a current backend name, or an old one (kept working, not offered)."""
+    if text in BACKEND_CHOICES or text in ALIASES:
+        return text
+    raise argparse.ArgumentTypeError(f"--backend must be one of {', '.join(BACKEND_CHOICES)}, got {text!r}")
+
+
+def add_backend_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--backend", type=backend_name, default="auto", metavar="{" + ",".join(BACKEND_CHOICES) + "}",
+                        help=help)
+
+
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """--quiet, which every command takes."""
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="no progress bars and no info lines on stderr (results, warnings and errors still "
+                             "print); TQDM_DISABLE=1 switches the progress bars off alone")
+
+
 def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
+                        help="the models' weights and compute dtype (float32: the same tokens on every machine; "
+                             "bfloat16 / float16 halve the memory and are faster on GPUs, and may pick other tokens)")
     parser.add_argument("--policy-device", metavar="DEVICE",
                         help="where the policy runs, e.g. cpu, cuda, cuda:1 (default: this process's GPU when there "
                              "is one, cuda:LOCAL_RANK under torchrun, else the CPU)")
@@ -87,11 +114,13 @@ def add_vocab_reward_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags for the vocabulary-level rewards (``args_fast.rewards.vocab``), instead of --reward-model."""
     parser.add_argument("--implicit-reference", metavar="PATH",
                         help="reward = the implicit DPO/AIHF reward beta * sum log(pi_policy / pi_ref) of the policy "
-                             "(the tuned model) against this reference causal LM (local path); instead of "
+                             "(the tuned model) against this reference causal LM (local folder or model id); "
+                             "instead of "
                              "--reward-model (default: none)")
     parser.add_argument("--token-reward", metavar="PATH",
                         help="reward = GenARM-style token rewards: log-softmax of this autoregressive reward LM "
-                             "(local path), summed over the response; instead of --reward-model (default: none)")
+                             "(local folder or model id), summed over the response; instead of --reward-model "
+                             "(default: none)")
     parser.add_argument("--beta", type=finite_float("--beta", limit=W_LIMIT), default=1.0,
                         help="beta of --implicit-reference")
     parser.add_argument("--reward-scale", type=finite_float("--reward-scale", limit=W_LIMIT), default=1.0,
@@ -109,13 +138,15 @@ def add_common_arguments(parser: argparse.ArgumentParser, *, num_prompts: int, o
                         help=f"tokens generated per prompt at most (default {max_new_tokens})")
     parser.add_argument("--seed", type=seed_int(), default=0, help="seed of every sampling method (default 0)")
     parser.add_argument("--out-dir", default=out_dir, help=f"where results go (default {out_dir})")
-    parser.add_argument("--policy", help="local path of a causal LM and its tokenizer (default: the default policy)")
-    parser.add_argument("--reward-model", help="local path of a 1-label *ForSequenceClassification sharing the "
-                                               "policy's tokenizer (default: the default reward model)")
+    parser.add_argument("--policy", help="a causal LM and its tokenizer: a local folder or a Hugging Face model id "
+                                         "(default: the default policy)")
+    parser.add_argument("--reward-model", help="a 1-label *ForSequenceClassification sharing the policy's tokenizer: "
+                                               "a local folder or a model id (default: the default reward model)")
     parser.add_argument("--prompts", default=str(PROMPTS_FILE),
                         help="prompt JSONL, UTF-8, one record with \"id\" and \"prompt\" per line "
                              "(default: the bundled held-out set)")
-    parser.add_argument("--backend", default="auto", choices=BACKENDS, help="ARGS backend (default auto)")
+    add_backend_argument(parser, "ARGS backend (default auto)")
     add_vocab_reward_arguments(parser)
     add_placement_arguments(parser)
+    add_output_arguments(parser)
     parser.add_argument("--threads", type=positive_int("--threads"), help="torch CPU threads (default: torch's)")

@@ -21,7 +21,8 @@ def add_pareto_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     parser.add_argument("--w", type=finite_float("--w", positive=True, limit=W_LIMIT), default=1.5,
                         help="ARGS total weight W: w = W * (lambda, 1 - lambda) on the normalised rewards")
     parser.add_argument("--relevance-reward-model",
-                        help="local path of the relevance objective's 1-label sequence-classification model, with "
+                        help="the relevance objective's 1-label sequence-classification model (a local folder or a "
+                             "model id), with "
                              "--reward-model as the positivity one (default: the embedded relevance head)")
     parser.add_argument("--adapters", default="results/objectives/adapters",
                         help="folder of the LoRA adapters: positivity.* and relevance.* (rs, mod; "

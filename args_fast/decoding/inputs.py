@@ -7,11 +7,36 @@ from .. import hf
 from ..validation import as_int
 
 
-def encode_prompts(tokenizer, prompts: list[str], chat_template: bool = False):
-    """Left-padded ids and mask; with ``chat_template`` each prompt becomes one user turn."""
+ROLES = ("system", "user", "assistant")
+
+
+def _conversation(name: str, prompt, system_prompt: str | None) -> list[dict]:
+    """``prompt`` (a text, or a list of ``{"role", "content"}`` messages) as a list of messages."""
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    elif isinstance(prompt, (list, tuple)) and prompt and all(
+            isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str) for m in prompt):
+        messages = [dict(m) for m in prompt]
+    else:
+        raise ValueError(f"{name} must be a string or a non-empty list of {{'role': one of {ROLES}, 'content': str}} "
+                         f"messages, got {prompt!r:.80}")
+    if system_prompt is not None:
+        if messages[0]["role"] == "system":
+            raise ValueError(f"{name} has its own system message; give it or system_prompt, not both")
+        messages = [{"role": "system", "content": system_prompt}] + messages
+    return messages
+
+
+def encode_prompts(tokenizer, prompts: list, chat_template: bool = False, *, system_prompt: str | None = None):
+    """Left-padded ids and mask. A prompt is a text or a conversation: a list of OpenAI-style messages
+    ``{"role": "system" | "user" | "assistant", "content": text}``. With ``chat_template`` each is put
+    through the tokenizer's chat template (a text as one user turn, after ``system_prompt`` as a system
+    turn when given), ready for the assistant's reply; conversations and ``system_prompt`` need it."""
+    if not chat_template and (system_prompt is not None or any(not isinstance(p, str) for p in prompts)):
+        raise ValueError("conversations (message lists) and system_prompt need chat_template=True")
     if chat_template:
-        prompts = [tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
-                                                 add_generation_prompt=True) for p in prompts]
+        prompts = [tokenizer.apply_chat_template(_conversation(f"prompts[{i}]", p, system_prompt), tokenize=False,
+                                                 add_generation_prompt=True) for i, p in enumerate(prompts)]
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:

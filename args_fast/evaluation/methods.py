@@ -13,6 +13,7 @@ from transformers import GenerationConfig
 
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import cut_at_eos
+from ..validation import UserError
 
 METHODS = ("greedy", "top-k", "nucleus", "contrastive", "args-greedy", "args-stochastic")
 
@@ -54,10 +55,10 @@ def make_methods(names, *, k: int, w: float, temperature: float, top_k: int = 40
     names = list(dict.fromkeys(names))
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
-        raise ValueError(f"--methods must be a comma-separated subset of {','.join(available_methods())}, "
+        raise UserError(f"--methods must be a comma-separated subset of {','.join(available_methods())}, "
                          f"got {','.join(names)!r}")
     if "contrastive" in names and not unavailable_ok and (reason := contrastive_unavailable()):
-        raise ValueError(f"--methods: contrastive cannot run here: {reason}")
+        raise UserError(f"--methods: contrastive cannot run here: {reason}")
     options = {"greedy": {}, "top-k": {"top_k": top_k, "temperature": sample_temperature},
                "nucleus": {"top_p": top_p, "temperature": 1.0}, "contrastive": {"penalty_alpha": 0.6, "top_k": 4},
                "args-greedy": {"k": k, "w": w}, "args-stochastic": {"k": k, "w": w, "temperature": temperature}}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -35,8 +34,9 @@ from . import metrics
 from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation
-from ..integrations.run_files import command_line, read_json, read_jsonl, releases_locks, write_jsonl
-from ..loading import check_model_dir
+from ..integrations.run_files import command_line, info, read_json, read_jsonl, releases_locks, write_jsonl
+from ..loading import check_model_dir, model_source
+from ..validation import UserError
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import cut_at_eos, encode_prompts
 from ..loading import fingerprint, model_fingerprints, weight_bytes
@@ -63,7 +63,7 @@ def _method_names(text: str) -> list[str]:
     names = list(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     bad = [n for n in names if n not in METHODS]
     if bad or not names:
-        raise ValueError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {text!r}")
+        raise UserError(f"--methods must be a comma-separated subset of {','.join(METHODS)}, got {text!r}")
     return names
 
 
@@ -73,9 +73,9 @@ class ParetoEvaluation(Evaluation):
     def __init__(self, args, command: str):
         self.methods = _method_names(args.methods)
         if args.implicit_reference or args.token_reward:
-            raise ValueError("pareto's rewards are sequence rewards: use --reward-model / --relevance-reward-model")
+            raise UserError("pareto's rewards are sequence rewards: use --reward-model / --relevance-reward-model")
         if (args.reward_model is None) != (args.relevance_reward_model is None):
-            raise ValueError("give both --reward-model and --relevance-reward-model, or neither (the embedded heads)")
+            raise UserError("give both --reward-model and --relevance-reward-model, or neither (the embedded heads)")
         check_model_dir("--relevance-reward-model", args.relevance_reward_model)
         self.adapter_dir = Path(args.adapters)
         for method in self.methods:
@@ -83,7 +83,7 @@ class ParetoEvaluation(Evaluation):
                 for suffix in (".safetensors", ".json"):
                     if not (self.adapter_dir / f"{name}{suffix}").is_file():
                         script = "train_ric.py" if name == "ric" else "train_soups.py"
-                        raise ValueError(f"--adapters {args.adapters}: {name}{suffix} is missing (method {method}; "
+                        raise UserError(f"--adapters {args.adapters}: {name}{suffix} is missing (method {method}; "
                                          f"made by results/objectives/{script})")
         self.lambdas = lambda_grid(args.lambdas)
         super().__init__(args, command)
@@ -118,12 +118,12 @@ class ParetoEvaluation(Evaluation):
         from ..loading import SCORE_MODEL, load_pretrained
         path = args.relevance_reward_model
         try:
-            reward = load_pretrained("--relevance-reward-model", path, SCORE_MODEL,
+            reward = load_pretrained("--relevance-reward-model", model_source(path), SCORE_MODEL,
                                      dtype=next(self.policy.parameters()).dtype)
         except OSError as err:
-            raise ValueError(f"could not load --relevance-reward-model {path}: {str(err).splitlines()[0]}") from err
+            raise UserError(f"could not load --relevance-reward-model {path}: {str(err).splitlines()[0]}") from err
         if reward.config.vocab_size != self.policy.config.vocab_size:
-            raise ValueError(f"--relevance-reward-model {path} has another vocabulary than the policy's; pareto "
+            raise UserError(f"--relevance-reward-model {path} has another vocabulary than the policy's; pareto "
                              "scores token ids with it, so it needs the policy's vocabulary")
         self.model_names["relevance_reward_model"] = path
         return reward.eval().to(self.policy.device)
@@ -438,7 +438,7 @@ def run_pareto(args) -> int:
     cell_dir = ev.out_dir / "cells"
     key_path = cell_dir / "setup.json"
     if key_path.is_file() and read_json(key_path) != ev.setup_key():
-        raise ValueError(f"--out-dir {args.out_dir} holds cells of another setup ({key_path}); give a new --out-dir "
+        raise UserError(f"--out-dir {args.out_dir} holds cells of another setup ({key_path}); give a new --out-dir "
                          "or remove that one (its finished cells would not match these settings)")
     parallel.barrier()   # every rank has compared the old setup before rank 0 writes the new one
     if ev.world.is_main:
@@ -453,15 +453,15 @@ def run_pareto(args) -> int:
             try:
                 records = read_jsonl(path) if ev.world.is_main else None
             except ValueError as err:
-                raise ValueError(f"{err}; remove it to recompute that cell") from None
+                raise UserError(f"{err}; remove it to recompute that cell") from None
             if records is not None and [r.get("id") for r in records] != [p["id"] for p in ev.prompts]:
-                raise ValueError(f"{path}: its prompts differ from this run's; remove it to recompute")
+                raise UserError(f"{path}: its prompts differ from this run's; remove it to recompute")
         else:
             started = time.perf_counter()
             records = ev.run_method(method, label=name)
             if records is not None:
                 write_jsonl(path, records)
-                print(f"{name}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+                info(f"{name}: {time.perf_counter() - started:.0f}s")
         if records is not None:
             summaries.append(summarize_cell(name, name.split("-lambda")[0], records))
             per_prompt[name] = {m: [r[m] for r in records] for m in MEASURES}

@@ -1,14 +1,15 @@
 """``args-fast eval``: decoding methods over the held-out prompts, one JSONL per method, and a table.
 
-Each JSONL record has the official ARGS fields (``prompt`` = the text the policy saw, ``result`` = the
-continuation, ``response`` = prompt + result, ``elapsed`` = seconds, ``method``) plus the metrics of
-that continuation. ``elapsed`` is the batch's wall time divided by its rows (prompts run batched).
+Each JSONL record is :func:`args_fast.integrations.run_files.make_record`'s (the fields of every
+command's records: the official ARGS fields ``prompt`` = the text the policy saw, ``result`` = the
+continuation, ``response`` = prompt + result, ``elapsed`` = seconds, ``method``, then ``id``, ``index``,
+``reward``, ``steps``, ``num_tokens``, ``stopped``, ...) plus the metrics of that continuation.
+``elapsed`` is the batch's wall time divided by its rows (prompts run batched).
 """
 from __future__ import annotations
 
 import json
 import shutil
-import sys
 import time
 
 import torch
@@ -16,10 +17,11 @@ import torch
 from ..data.prompts import select
 from ..decoding.inputs import encode_prompts
 from ..integrations import parallel
-from ..integrations.run_files import (command_line, lock_run, machine_info, make_out_dir, read_user_text,
-                                      releases_locks, text_lines, write_jsonl)
-from ..loading import (check_model_dir, check_placement, check_reward_flags, load_reward, load_user_models, placement,
-                       run_model_fingerprints)
+from ..integrations.run_files import (command_line, info, lock_run, machine_info, make_out_dir, make_record,
+                                      read_user_text, releases_locks, text_lines, write_jsonl)
+from ..loading import (check_model_dir, check_placement, check_reward_flags, dtype_of, load_reward, load_user_models,
+                       placement, run_model_fingerprints)
+from ..validation import UserError
 from . import metrics
 from .methods import METHODS, Method, args_decoder, available_methods, contrastive_unavailable, make_methods, run_batch
 
@@ -30,7 +32,7 @@ from .methods import METHODS, Method, args_decoder, available_methods, contrasti
 def read_prompt_records(flag: str, path: str) -> list[dict]:
     """The prompt records (``id``, ``prompt``, ...) of the JSONL file the user named with ``flag``; lines
     without a ``prompt`` (the metadata line) are skipped. Each way the file can be unusable (missing,
-    unreadable, not UTF-8, not JSON lines, no prompts) is a ValueError naming the flag and the file."""
+    unreadable, not UTF-8, not JSON lines, no prompts) is a UserError naming the flag and the file."""
     records = []
     for number, line in enumerate(text_lines(read_user_text(flag, path)), 1):
         if not line.strip():
@@ -38,16 +40,16 @@ def read_prompt_records(flag: str, path: str) -> list[dict]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            raise ValueError(f"{flag} {path}: line {number} is not JSON ({err.msg}, column {err.colno})") from None
+            raise UserError(f"{flag} {path}: line {number} is not JSON ({err.msg}, column {err.colno})") from None
         if not isinstance(record, dict):
-            raise ValueError(f"{flag} {path}: line {number} is not a JSON object")
+            raise UserError(f"{flag} {path}: line {number} is not a JSON object")
         if "prompt" not in record:
             continue
         if not isinstance(record["prompt"], str) or "id" not in record:
-            raise ValueError(f"{flag} {path}: line {number} needs a string \"prompt\" and an \"id\"")
+            raise UserError(f"{flag} {path}: line {number} needs a string \"prompt\" and an \"id\"")
         records.append(record)
     if not records:
-        raise ValueError(f"{flag} {path}: no prompt records in it (JSON lines with \"id\" and \"prompt\")")
+        raise UserError(f"{flag} {path}: no prompt records in it (JSON lines with \"id\" and \"prompt\")")
     return records
 
 
@@ -64,11 +66,16 @@ class Evaluation:
         if args.threads:
             # torch overflows past a C int ("Overflow when unpacking long") and would start any number below
             if not 1 <= args.threads <= MAX_THREADS:
-                raise ValueError(f"--threads must be an integer in [1, {MAX_THREADS}], got {args.threads}")
+                raise UserError(f"--threads must be an integer in [1, {MAX_THREADS}], got {args.threads}")
             torch.set_num_threads(args.threads)
         self.args, self.command = args, command
         # every user input is checked before the models load
-        self.prompts = select(read_prompt_records("--prompts", args.prompts), args.offset, args.num_prompts)
+        try:
+            self.prompts = select(read_prompt_records("--prompts", args.prompts), args.offset, args.num_prompts)
+        except UserError:
+            raise
+        except ValueError as err:   # select's: --offset / --num-prompts beyond the file
+            raise UserError(str(err)) from err
         check_model_dir("--policy", args.policy)
         check_model_dir("--reward-model", args.reward_model)
         check_reward_flags(args)
@@ -80,12 +87,13 @@ class Evaluation:
         # one run per output folder (released when the command returns: run_eval is @releases_locks)
         lock_run("--out-dir", self.out_dir, self.out_dir / ".lock")
         self.progress: dict[str, parallel.BatchedRun] = {}
+        self.described: set[str] = set()   # backend lines printed
         # saved work is tied to the models' file contents, read before they load
         self.model_files = run_model_fingerprints(args)
-        loaded = load_user_models(args.policy, args.reward_model, **where)
+        loaded = load_user_models(args.policy, args.reward_model, dtype=dtype_of(args), **where)
         loaded.reward = load_reward(args, loaded)
         if loaded.reward_tokenizer is not None:
-            raise ValueError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
+            raise UserError(f"--reward-model {args.reward_model} has another vocabulary than the policy's; the "
                              "evaluation scores token ids with it, so it needs the policy's vocabulary")
         self.policy, self.tokenizer, self.reward, self.model_names = (loaded.policy, loaded.tokenizer, loaded.reward,
                                                                       loaded.names)
@@ -93,7 +101,7 @@ class Evaluation:
         eos = gen_eos if gen_eos is not None else self.tokenizer.eos_token_id
         self.eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if not self.eos_ids:
-            raise ValueError("the policy has no eos_token_id (generation_config or tokenizer)")
+            raise UserError("the policy has no eos_token_id (generation_config or tokenizer)")
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.pad_id = self.tokenizer.pad_token_id
@@ -110,7 +118,7 @@ class Evaluation:
         vocab = self.policy.get_output_embeddings().out_features
         bad = [k for k in ks if not 1 <= k <= vocab]
         if bad:
-            raise ValueError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {bad}")
+            raise UserError(f"--k must be an int in [1, {vocab}] (the policy's vocabulary), got {bad}")
 
     def check_requests(self, args_methods: bool, extra_rewards=()) -> None:
         """Every batch checked as a request (ids in the policy's vocabulary; prompt + --max-new-tokens
@@ -136,7 +144,7 @@ class Evaluation:
         return {"command": self.command, "models": self.model_names, "seed": a.seed,
                 "prompts": {"file": a.prompts, "offset": a.offset, "count": len(self.prompts)},
                 "max_new_tokens": a.max_new_tokens, "batch_size": a.batch_size, "backend": a.backend,
-                "machine": machine_info()}
+                "dtype": getattr(a, "dtype", "float32"), "machine": machine_info()}
 
     def decoder_of(self, method: Method):
         """The ARGS decoder of ``method`` (built once: its engine then serves every batch), or None."""
@@ -144,6 +152,21 @@ class Evaluation:
             return None
         return args_decoder(method, self.policy, self.reward, self.tokenizer, max_new_tokens=self.args.max_new_tokens,
                             eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend)
+
+    def user_decoder(self, method: Method):
+        """:meth:`decoder_of`, what it refuses said as the user's error (the options and --backend are the
+        flags'), and the backend line printed once per distinct engine."""
+        try:
+            decoder = self.decoder_of(method)
+        except ValueError as err:
+            if not method.is_args:
+                raise
+            raise UserError(f"{method.name}: {err}") from err
+        description = getattr(decoder, "backend_description", None)   # ARGS decoders (not pareto's models)
+        if isinstance(description, str) and description not in self.described:
+            self.described.add(description)
+            info(f"backend: {description}")
+        return decoder
 
     def generate_batch(self, method: Method, j: int, decoder=None, label: str | None = None) -> list[dict]:
         """Batch ``j`` of one method: records with the official fields, without metrics yet.
@@ -164,15 +187,13 @@ class Evaluation:
         # the reward scores prompt + continuation, with the EOS that ended it (the reward model
         # is trained on complete replies ending in <|im_end|>, as ARGS scores its last step)
         records = []
-        for p, row_ids, m, gen, stop in zip(chunk, ids, mask, rows, stops):
+        for p, index, row_ids, m, gen, stop in zip(chunk, indices, ids, mask, rows, stops):
             prompt_ids = row_ids[m.bool()].tolist()
-            prompt_text = self.tokenizer.decode(prompt_ids)
-            result = self.tokenizer.decode(gen, skip_special_tokens=True)
-            records.append({"id": p["id"], "prompt": prompt_text, "result": result,
-                            "response": prompt_text + result, "elapsed": elapsed, "method": label,
-                            "user_message": p["prompt"], "num_tokens": len(gen), "stopped": bool(stop),
-                            "options": method.options, "_ids": prompt_ids + gen + stop,
-                            "_prompt_len": len(prompt_ids)})
+            records.append(make_record(id=p["id"], index=index, method=label, options=method.options,
+                                       prompt=self.tokenizer.decode(prompt_ids),
+                                       result=self.tokenizer.decode(gen, skip_special_tokens=True), elapsed=elapsed,
+                                       num_tokens=len(gen), stopped=bool(stop), user_message=p["prompt"],
+                                       _ids=prompt_ids + gen + stop, _prompt_len=len(prompt_ids)))
         return records
 
     def decode_batch(self, method: Method, j: int, generator, decoder):
@@ -186,8 +207,11 @@ class Evaluation:
         """What every record of a run depends on besides its method: stored with unfinished work, which
         a restarted run reuses only when this is unchanged."""
         h = self.header()
-        return {**{key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")},
-                "model_files": self.model_files}
+        key = {key: h[key] for key in ("models", "seed", "prompts", "max_new_tokens", "batch_size", "backend")}
+        key["model_files"] = self.model_files
+        if h["dtype"] != "float32":   # float32 runs keep the key of earlier runs
+            key["dtype"] = h["dtype"]
+        return key
 
     def run_method(self, method: Method, label: str | None = None) -> list[dict] | None:
         """One method over all prompts, scored: its batches dealt to the ranks (torchrun), each finished
@@ -198,19 +222,19 @@ class Evaluation:
                                   [len(chunk) for chunk, *_ in self.batches],
                                   [int(mask.sum()) + len(chunk) * self.args.max_new_tokens
                                    for chunk, _, mask, _ in self.batches],
-                                  work_dir=self.partial_dir / label, check={**self.setup_key(), "method": label,
-                                                                            "options": method.options},
+                                  work_dir=self.partial_dir / label,
+                                  # "records": the record schema (make_record) of the stored batches
+                                  check={**self.setup_key(), "method": label, "options": method.options, "records": 2},
                                   desc=label, w=self.world, validate=self._records_problem)
         self.progress[label] = run
-        if run.finished_prompts and self.world.is_main:
-            print(f"{label}: resuming, {run.finished_prompts} of {run.total_prompts} prompts already done "
-                  f"({self.partial_dir / label})", file=sys.stderr)
-        decoder = None
+        if run.finished_prompts:
+            info(f"{label}: resuming, {run.finished_prompts} of {run.total_prompts} prompts already done "
+                 f"({self.partial_dir / label})")
+        # built before the progress bar opens (its backend line then prints on a line of its own), and
+        # only when there is something left to decode
+        decoder = self.user_decoder(method) if run.finished_prompts < run.total_prompts else None
 
         def one_batch(j):
-            nonlocal decoder
-            if decoder is None:
-                decoder = self.decoder_of(method)
             return self.score(self.generate_batch(method, j, decoder, label))
         return run.run(one_batch)
 
@@ -318,8 +342,11 @@ def run_eval(args) -> int:
     names = [m.strip() for m in args.methods.split(",") if m.strip()]
     # the default list runs what can run here; the table still lists a method that cannot, saying why
     default = args.methods == ",".join(available_methods())
-    methods = make_methods(METHODS if default else names, k=args.k, w=args.w, temperature=args.temperature,
-                           unavailable_ok=default)
+    try:
+        methods = make_methods(METHODS if default else names, k=args.k, w=args.w, temperature=args.temperature,
+                               unavailable_ok=default)
+    except ValueError as err:   # what --methods names
+        raise UserError(str(err)) from err
     ev = Evaluation(args, command_line("eval"))
     args.interrupt_note = ev.saved_note   # what Ctrl-C reports as saved
     if any(m.is_args for m in methods):

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..validation import UserError
+
 
 # --------------------------------------------------------------------------------------- the world
 @dataclass
@@ -62,7 +64,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+        raise UserError(f"environment variable {name} must be an integer, got {value!r}") from None
 
 
 def world() -> World:
@@ -157,7 +159,7 @@ def read_parts(work_dir: Path, repair_own: Path | None = None) -> dict[int, list
         try:
             data = path.read_bytes()
         except OSError as err:
-            raise ValueError(f"{path}: cannot read the saved partial results: {err.strerror or err}") from None
+            raise UserError(f"{path}: cannot read the saved partial results: {err.strerror or err}") from None
         lines = data.split(b"\n")
         whole, tail = lines[:-1], lines[-1]    # tail: bytes after the last newline (b"" if none)
         good_bytes = 0
@@ -205,7 +207,9 @@ class _Progress:
         self.bar = None
         if w.is_main:
             from tqdm import tqdm
-            self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr)
+
+            from .console import progress_disabled   # --quiet / TQDM_DISABLE
+            self.bar = tqdm(total=total, desc=desc, unit="prompt", file=sys.stderr, disable=progress_disabled())
 
     def add(self, n: int) -> None:
         if self.store is not None:
@@ -262,7 +266,7 @@ class BatchedRun:
         self.own_part = None
         if work_dir is not None:
             if work_dir.exists() and not work_dir.is_dir():
-                raise ValueError(f"{work_dir}: the store of this run's finished batches is a file, not a folder; "
+                raise UserError(f"{work_dir}: the store of this run's finished batches is a file, not a folder; "
                                  "move it away")
             self.own_part = work_dir / f"part-{self.w.rank}.jsonl"
             for j, saved in read_parts(work_dir, repair_own=self.own_part).items():

@@ -13,27 +13,30 @@ from pathlib import Path
 
 import torch
 
+from ..validation import UserError
 from . import parallel
+from .console import progress_disabled, quiet, set_quiet  # noqa: F401  (the commands import them from here)
 
 
 def read_user_text(flag: str, path: str) -> str:
-    """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); every way it can
-    fail (missing, a directory, unreadable, not UTF-8) is a ValueError naming the flag and the file."""
+    """The text of a file the user named with ``flag``, as UTF-8 (a leading BOM dropped); ``-`` reads
+    standard input. Every way it can fail (missing, a directory, unreadable, not UTF-8) is a
+    :class:`UserError` naming the flag and the file."""
     try:
-        data = Path(path).read_bytes()
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
     except FileNotFoundError:
-        raise ValueError(f"{flag} {path}: no such file") from None
+        raise UserError(f"{flag} {path}: no such file") from None
     except IsADirectoryError:
-        raise ValueError(f"{flag} {path}: is a directory, not a file") from None
+        raise UserError(f"{flag} {path}: is a directory, not a file") from None
     except PermissionError:
-        raise ValueError(f"{flag} {path}: permission denied") from None
+        raise UserError(f"{flag} {path}: permission denied") from None
     except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
+        raise UserError(f"{flag} {path}: cannot read it: {err.strerror or err}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
         line = data.count(b"\n", 0, err.start) + 1
-        raise ValueError(f"{flag} {path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
+        raise UserError(f"{flag} {path}: not UTF-8 text: byte 0x{data[err.start]:02x} at offset {err.start} "
                          f"(line {line})") from None
     return text.removeprefix("\ufeff")
 
@@ -44,15 +47,15 @@ def text_lines(text: str) -> list[str]:
 
 
 def make_out_dir(flag: str, path: str) -> Path:
-    """``path`` created (with its parents) if needed; an OSError becomes a ValueError naming the flag."""
+    """``path`` created (with its parents) if needed; an OSError becomes a UserError naming the flag."""
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
     except FileExistsError:
-        raise ValueError(f"{flag} {path}: exists and is not a directory") from None
+        raise UserError(f"{flag} {path}: exists and is not a directory") from None
     except OSError as err:
-        raise ValueError(f"{flag} {path}: cannot create it: {err.strerror or err}") from None
+        raise UserError(f"{flag} {path}: cannot create it: {err.strerror or err}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {path}: not writable")
+        raise UserError(f"{flag} {path}: not writable")
     return Path(path)
 
 
@@ -92,14 +95,14 @@ def read_jsonl(path: Path) -> list[dict]:
                 try:
                     record = json.loads(line)
                 except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}: line {number} is not JSON ({err.msg})") from None
+                    raise UserError(f"{path}: line {number} is not JSON ({err.msg})") from None
                 if not isinstance(record, dict):
-                    raise ValueError(f"{path}: line {number} is not a JSON object")
+                    raise UserError(f"{path}: line {number} is not a JSON object")
                 records.append(record)
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+        raise UserError(f"{path}: not UTF-8 text") from None
     except OSError as err:
-        raise ValueError(f"{path}: cannot read it: {err.strerror or err}") from None
+        raise UserError(f"{path}: cannot read it: {err.strerror or err}") from None
     return records
 
 
@@ -126,10 +129,10 @@ def output_file(flag: str, path: str) -> Path:
     created if needed and writable; each failure a ValueError naming the flag, before any work."""
     out = Path(path)
     if out.is_dir():
-        raise ValueError(f"{flag} {path}: is a directory (give a .jsonl file path)")
+        raise UserError(f"{flag} {path}: is a directory (give a .jsonl file path)")
     make_out_dir(flag, str(out.parent))
     if out.exists() and not os.access(out, os.W_OK):
-        raise ValueError(f"{flag} {path}: not writable")
+        raise UserError(f"{flag} {path}: not writable")
     return out
 
 
@@ -209,7 +212,7 @@ def lock_run(flag: str, target, lock_path: Path) -> RunLock:
         dist.broadcast_object_list(box, src=0)
         refused = box[0]
     if refused:
-        raise ValueError(refused)
+        raise UserError(refused)
     lock = RunLock(Path(lock_path), fd)
     if _SCOPES:
         _SCOPES[-1].append(lock)
@@ -228,3 +231,39 @@ def releases_locks(command):
             for lock in _SCOPES.pop():
                 lock.release()
     return wrapper
+
+
+# --------------------------------------------------------------------------------------- result records
+# The fields every JSONL record of `generate --output`, `eval`, `sweep` and `pareto` starts with, in
+# this order (docs/cli.md lists their meanings). The official ARGS fields first, then ours; a command
+# appends its own measurements (eval: diversity, coherence, judges; pareto: lambda, relevance, ...).
+RECORD_FIELDS = ("id", "index", "method", "options", "prompt", "result", "response", "elapsed", "reward", "steps",
+                 "num_tokens", "stopped")
+
+
+def make_record(*, id, index: int, method: str, options: dict, prompt: str, result: str, elapsed: float,
+                num_tokens: int, stopped: bool, reward: float | None = None, **extra) -> dict:
+    """One result record: a continuation of one prompt by one decoding method.
+
+    ``prompt`` is the text the policy saw (chat template included), ``result`` the continuation (up to
+    the EOS that ended it, which is not included), ``response`` = prompt + result, ``elapsed`` the
+    seconds of the batch that decoded it divided by its rows (so sums over records are totals),
+    ``num_tokens`` the tokens of ``result``, ``stopped`` whether an EOS ended it (else the token limit),
+    ``steps`` the decoding steps this row took (``num_tokens``, plus one for that EOS), ``reward`` the
+    reward model's score of the whole response (None until scored). ``extra`` fields follow."""
+    record = {"id": id, "index": int(index), "method": method, "options": dict(options), "prompt": prompt,
+              "result": result, "response": prompt + result, "elapsed": float(elapsed),
+              "reward": None if reward is None else float(reward), "steps": int(num_tokens) + bool(stopped),
+              "num_tokens": int(num_tokens), "stopped": bool(stopped)}
+    clash = sorted(set(extra) & set(record))
+    if clash:
+        raise TypeError(f"make_record: {clash} are fields of their own, not extras")
+    record.update(extra)
+    return record
+
+
+# --------------------------------------------------------------------------------------- what a command says
+def info(message: str) -> None:
+    """An info line on stderr (loading, backend, resuming, files written): rank 0 only, not with --quiet."""
+    if not quiet() and parallel.world().is_main:
+        print(message, file=sys.stderr, flush=True)

@@ -24,7 +24,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,8 @@ import torch.nn.functional as F
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
 from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
+from ..integrations.run_files import info   # progress lines; --quiet drops them
+from ..validation import UserError
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
 FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
@@ -87,7 +88,7 @@ def contexts_of(split: str, n: int, seed: int, with_replies: bool = False):
             replies.append(turns[i + 1] if i + 1 < len(turns) and turns[i + 1] else None)
         if len(out) == n:
             return (out, replies) if with_replies else out
-    raise ValueError(f"the {split} split has only {len(out)} usable conversations, asked for {n}")
+    raise UserError(f"the {split} split has only {len(out)} usable conversations, asked for {n}")
 
 
 @torch.no_grad()
@@ -128,8 +129,7 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
             next_pos, done = next_pos + 1, done | (tok == eos)
             if bool(done.all()):
                 break
-        print(f"  {split}: {lo + b}/{len(tokens)} replies sampled ({time.perf_counter() - start:.0f}s)",
-              file=sys.stderr)
+        info(f"  {split}: {lo + b}/{len(tokens)} replies sampled ({time.perf_counter() - start:.0f}s)")
     ended = (tokens == eos).any(-1)
     lengths = torch.where(ended, (tokens == eos).int().argmax(-1) + 1, torch.full_like(ended, T, dtype=torch.long))
     at = torch.tensor(PREFIX_LENGTHS)[None, :].clamp(max=T).expand(len(tokens), -1) - 1
@@ -178,7 +178,7 @@ def split_data(model, tokenizer, split: str, cfg: DataConfig, cache_dir=None, ob
     path = cache_root(cache_dir) / "rm_features" / f"{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
         data = {**torch.load(path), "from_cache": True}
-        print(f"  {split}: cached features {path}", file=sys.stderr)
+        info(f"  {split}: cached features {path}")
     else:
         contexts = contexts_of(split, cfg.contexts, cfg.seed)
         data = {"contexts": contexts, "key": key, **sample_with_features(model, tokenizer, contexts, cfg, split)}
@@ -326,7 +326,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
     diffs = {split: pair_features(data[split], pairs[split]) for split in data}
     for split in data:
         if len(diffs[split][0]) == 0:
-            raise ValueError(f"no {split} pairs reach margin {margin}: lower --margin or add contexts")
+            raise UserError(f"no {split} pairs reach margin {margin}: lower --margin or add contexts")
     train_full, train_prefix = diffs["train"]
     demo_info = None
     if demonstrations:   # the human turn after each train context, from the same conversations
@@ -336,8 +336,8 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         demo_diff, demo_info = demonstration_pairs(data["train"], human_features(model, tokenizer, contexts, replies),
                                                    objective)
         train_full = torch.cat([train_full, demo_diff.to(train_full.dtype)])
-        print(f"  demonstrations: {demo_info['demonstrations']} of {demo_info['human_replies_considered']} human "
-              f"replies, {demo_info['pairs']} pairs", file=sys.stderr)
+        info(f"  demonstrations: {demo_info['demonstrations']} of {demo_info['human_replies_considered']} human "
+             f"replies, {demo_info['pairs']} pairs")
     scale = data["train"]["features"].flatten(0, 2).std(0).clamp(min=1e-6)
     fits = []
     for l2 in L2_GRID:
@@ -345,8 +345,8 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
         val_loss = float(pairwise_loss(diffs["val"][0] @ w, torch.zeros(len(diffs["val"][0]))))
         fits.append({"l2": l2, "w": w, "val_accuracy": accuracy(diffs["val"][0], w), "val_loss": val_loss,
                      "train_accuracy": accuracy(train_full, w)})
-        print(f"  l2={l2:g}: train acc {fits[-1]['train_accuracy']:.4f}  val acc {fits[-1]['val_accuracy']:.4f}  "
-              f"val loss {val_loss:.4f}", file=sys.stderr)
+        info(f"  l2={l2:g}: train acc {fits[-1]['train_accuracy']:.4f}  val acc {fits[-1]['val_accuracy']:.4f}  "
+             f"val loss {val_loss:.4f}")
     best = max(fits, key=lambda f: (f["val_accuracy"], -f["val_loss"]))
     w = best["w"]
     test_full, test_prefix = diffs["test"]
