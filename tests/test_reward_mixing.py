@@ -14,7 +14,6 @@ import torch
 
 import args_fast
 from args_fast import NormalizedReward, RewardHead, TokenReward, store_normalization
-from args_fast.rewards.kinds import Mixing
 from tiny_models import make_chat_tokenizer, make_model, padded_prompts
 
 VARIANT, K, STEPS, T = "llama-gqa-hd16", 3, 4, 0.7
@@ -197,6 +196,7 @@ def test_tokens_do_not_change_with_the_mean(backend):
 
 
 def test_the_mixing_rule_itself():
+    from args_fast.rewards.kinds import Mixing
     mixing = Mixing([2.0, 0.0, -1.0], [1e8, 0.0, 3.0], [0.5, 1.0, 4.0], "cpu")
     raw = torch.tensor([[1e8 + 8.0, float("inf"), 7.0]])   # 1e8 + 8: exact in float32
     ranked, reported = mixing.apply(raw)
