@@ -24,8 +24,12 @@ class RewardHead:
 
     ``weight`` is ``(n, hidden)`` (or ``(hidden,)`` for one reward); ``bias`` ``(n,)`` or None. With
     ``n > 1`` heads, ``mix`` (``n`` weights, e.g. a user's preference over objectives) makes the scalar
-    ARGS ranks by; :meth:`all_rewards` gives the ``n`` rewards themselves. The head runs in the
-    policy's dtype and device, as a ``*ForSequenceClassification`` score head does.
+    ARGS ranks by; :meth:`all_rewards` gives the ``n`` rewards themselves. That scalar is the head's
+    reward wherever it goes: in a list of rewards or a
+    :class:`~args_fast.rewards.normalization.NormalizedReward` it is one objective, normalised and
+    weighed as a whole (the rule is in ``args_fast/rewards/kinds.py``). The head runs in the policy's
+    dtype and device, as a ``*ForSequenceClassification`` score head does; ``weight`` and ``bias`` must
+    fit that dtype, ``mix`` is bounded as ``w`` is (``|mix| <= 1e30``) and copied.
 
     Turning a trained value head or probe into one: take its weight (and bias) and pass the policy it
     was trained on, e.g. ``RewardHead(model.pretrained_model, model.v_head.summary.weight,
