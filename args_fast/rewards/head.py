@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from .. import hf
+from ..validation import W_LIMIT
 
 
 class RewardHead:
@@ -23,8 +24,12 @@ class RewardHead:
 
     ``weight`` is ``(n, hidden)`` (or ``(hidden,)`` for one reward); ``bias`` ``(n,)`` or None. With
     ``n > 1`` heads, ``mix`` (``n`` weights, e.g. a user's preference over objectives) makes the scalar
-    ARGS ranks by; :meth:`all_rewards` gives the ``n`` rewards themselves. The head runs in the
-    policy's dtype and device, as a ``*ForSequenceClassification`` score head does.
+    ARGS ranks by; :meth:`all_rewards` gives the ``n`` rewards themselves. That scalar is the head's
+    reward wherever it goes: in a list of rewards or a
+    :class:`~args_fast.rewards.normalization.NormalizedReward` it is one objective, normalised and
+    weighed as a whole (the rule is in ``args_fast/rewards/kinds.py``). The head runs in the policy's
+    dtype and device, as a ``*ForSequenceClassification`` score head does; ``weight`` and ``bias`` must
+    fit that dtype, ``mix`` is bounded as ``w`` is (``|mix| <= 1e30``) and copied.
 
     Turning a trained value head or probe into one: take its weight (and bias) and pass the policy it
     was trained on, e.g. ``RewardHead(model.pretrained_model, model.v_head.summary.weight,
@@ -34,7 +39,7 @@ class RewardHead:
 
     def __init__(self, policy, weight, bias=None, mix=None):
         if not isinstance(policy, nn.Module) or not hasattr(policy, "get_output_embeddings") \
-                or getattr(policy, "base_model", policy) is policy:
+                or getattr(policy, "base_model", policy) is policy or policy.get_output_embeddings() is None:
             raise TypeError(f"policy must be a Hugging Face causal LM (a backbone plus an LM head), got "
                             f"{type(policy).__name__}")
         hidden = policy.get_output_embeddings().in_features
@@ -57,17 +62,27 @@ class RewardHead:
             mix = _tensor("mix", mix)
             if mix.shape != (n,):
                 raise ValueError(f"mix must have shape ({n},), one weight per head, got {tuple(mix.shape)}")
+        param = next(policy.parameters())
         for name, t in (("weight", weight), ("bias", bias), ("mix", mix)):
             if t is not None and not bool(t.isfinite().all()):
                 raise ValueError(f"{name} holds NaN or infinite values")
+        # weight and bias run in the policy's dtype (as a score head does): a value past its range would
+        # turn into inf there; mix weighs the head outputs as w weighs a reward, and is bounded alike
+        for name, t, dtype in (("weight", weight, param.dtype), ("bias", bias, param.dtype)):
+            if t is not None and t.numel() and float(t.abs().max()) > torch.finfo(dtype).max:
+                raise ValueError(f"{name} holds values up to {float(t.abs().max()):g}, past the policy's dtype "
+                                 f"{dtype} (largest {torch.finfo(dtype).max:g}), where the head runs")
+        if mix is not None and float(mix.abs().max()) > W_LIMIT:
+            raise ValueError(f"mix must hold weights in [-{W_LIMIT:g}, {W_LIMIT:g}] (as w; scores stay finite "
+                             f"float32), got up to {float(mix.abs().max()):g}")
         self.policy, self.n = policy, n
-        param = next(policy.parameters())
         self.linear = nn.Linear(hidden, n, bias=bias is not None).to(param.device, param.dtype).eval()
         with torch.no_grad():
             self.linear.weight.copy_(weight)
             if bias is not None:
                 self.linear.bias.copy_(bias)
-        self.mix = None if mix is None else mix.to(param.device, torch.float32)
+        # a copy: a later change to the caller's tensor must not change the reward
+        self.mix = None if mix is None else mix.to(param.device, torch.float32, copy=True)
 
     @classmethod
     def from_reward_model(cls, policy, reward_model) -> "RewardHead":
@@ -105,6 +120,8 @@ def _tensor(name: str, value) -> torch.Tensor:
             value = torch.as_tensor(value)
         except (TypeError, ValueError, RuntimeError):
             raise TypeError(f"{name} must be a tensor (or a nested list of numbers), got {type(value).__name__}") from None
+    if value.dtype == torch.bool or value.is_complex():
+        raise TypeError(f"{name} must hold real numbers, got a {value.dtype} tensor")
     if not value.is_floating_point():
         value = value.float()
     return value.detach()

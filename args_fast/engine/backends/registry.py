@@ -64,8 +64,9 @@ def _build_multi(backend: str, models: Models, options: Options) -> Engine:
     runners = []
     for i, o in enumerate(multi.objectives):
         name = f"reward_model[{i}]"
-        if o.kind == "text":
-            runners.append(_text_reward(Models(policy, o.engine_reward, "text", models.tokenizer), policy.device))
+        if o.kind == "text":   # a model read through reward_tokenizer (only ever one reward) or a callable
+            runners.append(_text_reward(Models(policy, o.engine_reward, "text", models.tokenizer,
+                                               models.reward_tokenizer), policy.device))
         elif o.kind == "vocab":
             o.engine_reward.check(policy)
             if reference:
