@@ -318,6 +318,11 @@ def placement(args) -> dict:
     return {"policy_device": policy_device, "reward_device": reward_device, "device_map": device_map}
 
 
+def compile_of(args) -> bool | None:
+    """The decoder's ``compile`` of ``--compile`` (None: auto, also when the command has no such flag)."""
+    return {"on": True, "off": False}.get(getattr(args, "compile", None) or "auto")
+
+
 def dtype_of(args) -> torch.dtype:
     """The torch dtype of ``--dtype`` (float32 when the command has no such flag)."""
     return DTYPES[getattr(args, "dtype", None) or "float32"]

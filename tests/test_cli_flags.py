@@ -407,3 +407,24 @@ def test_train_rm_ranges_are_one_line_before_any_work(argv, flag, capsys, monkey
     monkeypatch.setattr("args_fast.training.reward_heads.train_reward_model", lambda **kw: pytest.fail("ran"))
     err = one_error(capsys, ["train-rm", *argv])
     assert err.startswith(f"args-fast train-rm: error: argument {flag}: {flag} must be"), err
+
+
+# --------------------------------------------------------------------------------------- --compile
+@pytest.mark.parametrize("command", ["generate", "eval", "sweep", "pareto"])
+def test_every_decoding_command_takes_compile(command):
+    extra = ["--prompt", "x"] if command == "generate" else []
+    assert build_parser().parse_args([command, *extra]).compile == "auto"
+    assert build_parser().parse_args([command, *extra, "--compile", "off"]).compile == "off"
+
+
+def test_compile_on_with_another_backend_is_one_line(saved, capsys):
+    err = one_error(capsys, ["generate", *models(saved), "--prompt", "hi", *SMALL, "--backend", "hf",
+                             "--compile", "on", "-q"])
+    assert err.startswith("args-fast generate: error: compile=True applies to backend='auto'")
+
+
+def test_compile_on_runs_the_compiled_step_and_says_what_it_cost(saved, capsys):
+    assert main(["generate", *models(saved), "--prompt", "hi", *SMALL, "--compile", "on", "--baseline", "none"]) == 0
+    err = capsys.readouterr().err
+    assert "backend: static-compiled (the whole step as one torch.compile graph" in err
+    assert re.search(r"compiled the decoding step \(greedy, batch 1, 256 cache slots\) in its first call: [\d.]+ s", err)

@@ -235,8 +235,9 @@ def test_generate_with_a_corrupt_part_file_is_one_line_naming_it(models, tmp_pat
     part.write_text(json.dumps(saved) + "\n")
     calls = count_decodes(monkeypatch)
     err = error_line(capsys, generate_argv(models, out))
-    assert err == (f"args-fast generate: error: {part}: line 1 batch 0: records of prompts [1], not [0]: the saved "
-                   f"partial results are corrupt; delete {part} to run its batches again")
+    assert err == (f"args-fast generate: error: {part}: line 1 batch 0: records of (prompt, method) [(1, 'greedy'), "
+                   "(0, 'args-greedy')], not [(0, 'greedy'), (0, 'args-greedy')]: the saved partial results are "
+                   f"corrupt; delete {part} to run its batches again")
     assert not calls
     part.write_text('{"batch": 0}\n' + json.dumps(saved) + "\n")
     err = error_line(capsys, generate_argv(models, out))
@@ -323,14 +324,14 @@ def test_two_generate_processes_on_one_output(models, tmp_path):
     assert "Traceback" not in refused
     assert refused.strip().splitlines()[-1].startswith(f"args-fast generate: error: --output {out}: another run is "
                                                         "writing it (process ")
-    assert len(read_jsonl(out)) == 2
+    assert len(read_jsonl(out)) == 4   # 2 prompts x (greedy, ARGS)
 
 
 # --------------------------------------------------------------------------------------- --output paths
 def test_output_in_a_folder_that_does_not_exist_yet_is_created(models, tmp_path):
     out = tmp_path / "new" / "folder" / "out.jsonl"
     assert main(generate_argv(models, out)) == 0
-    assert len(read_jsonl(out)) == 2
+    assert len(read_jsonl(out)) == 4   # 2 prompts x (greedy, ARGS)
 
 
 @pytest.mark.parametrize("where, message", [
@@ -368,7 +369,7 @@ def test_eval_checks_the_context_of_every_batch_before_any_method_runs(tmp_path,
     argv = eval_argv(models, prompts, out, "--max-new-tokens", "20")
     argv[argv.index("--methods") + 1] = "greedy,args-greedy"
     err = error_line(capsys, argv)
-    assert err.startswith("args-fast eval: error: prompt (") and "exceeds the policy's context of 32 positions" in err
+    assert err.startswith("args-fast eval: error: --max-new-tokens 20: prompt (") and "exceeds the policy's context of 32 positions" in err
     assert not (out / "greedy.jsonl").exists()
 
 
@@ -454,5 +455,6 @@ def test_generate_checks_every_prompt_before_decoding_any(tmp_path, monkeypatch,
             "--prompt", "hi", "--prompt", "a much longer prompt than the first", "--batch-size", "1",
             "--max-new-tokens", "8", "--output", str(out)]
     err = error_line(capsys, argv)
-    assert err.startswith("args-fast generate: error: prompt (") and "exceeds the policy's context of 32" in err
+    assert err.startswith("args-fast generate: error: --max-new-tokens 8: prompt (")
+    assert "exceeds the policy's context of 32" in err
     assert not (tmp_path / "out.jsonl.partial").exists()

@@ -100,6 +100,10 @@ def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32",
                         help="the models' weights and compute dtype (float32: the same tokens on every machine; "
                              "bfloat16 / float16 halve the memory and are faster on GPUs, and may pick other tokens)")
+    parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                        help="compile the decoding step into one graph (torch.compile): on = always (backend "
+                             "static-compiled, tens of seconds per new shape), off = never, auto = on CPU only for "
+                             "requests of at least ARGS_FAST_COMPILE_MIN_STEPS (2048) new tokens, where it pays")
     parser.add_argument("--policy-device", metavar="DEVICE",
                         help="where the policy runs, e.g. cpu, cuda, cuda:1 (default: this process's GPU when there "
                              "is one, cuda:LOCAL_RANK under torchrun, else the CPU)")

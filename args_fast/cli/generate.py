@@ -14,8 +14,8 @@ from ..decoding.inputs import ROLES, check_request, cut_at_eos, encode_prompts
 from ..integrations.console import hide_progress
 from ..integrations.run_files import (info, lock_run, make_record, output_file, progress_disabled, read_user_text,
                                       releases_locks, text_lines, write_jsonl)
-from ..loading import (check_model_dir, check_placement, check_reward_flags, dtype_of, load_reward, load_user_models,
-                       placement, run_model_fingerprints)
+from ..loading import (check_model_dir, check_placement, check_reward_flags, compile_of, dtype_of, load_reward,
+                       load_user_models, placement, run_model_fingerprints)
 from ..rewards import kinds
 from ..validation import UserError
 
@@ -213,10 +213,12 @@ def run_generate(args) -> int:
     args_options = {"k": args.k, "w": args.w}
     if args.mode == "stochastic":
         args_options["temperature"] = args.temperature
-    runs = ([("greedy", "greedy", {}, dict(k=1, w=0.0, mode="greedy", backend=args.backend))]
+    compiled = dict(compile=compile_of(args))
+    runs = ([("greedy", "greedy", {}, dict(k=1, w=0.0, mode="greedy", backend=args.backend, **compiled))]
             if args.baseline == "greedy" else [])
     runs.append((f"ARGS-{args.mode} (k={args.k}, w={args.w})", args_method, args_options,
-                 dict(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature, backend=args.backend)))
+                 dict(k=args.k, w=args.w, mode=args.mode, temperature=args.temperature, backend=args.backend,
+                      **compiled)))
     # every decoder first: each checks its options at construction, so a bad one fails before any
     # decoding; what they refuse comes from the flags (--backend that cannot run these models, ...)
     decoders = []
@@ -281,7 +283,8 @@ def run_generate(args) -> int:
                               [sum(len(json.dumps(prompts[i])) for i in rows) for rows in batches],
                               work_dir=None if output is None else output.with_name(output.name + ".partial"),
                               check=_generate_check(args, loaded, chat, model_files), desc="generate", w=world,
-                              validate=_generate_records_problem(batches, [method for _, method, _, _ in decoders]))
+                              validate=_generate_records_problem(batches, [method for _, method, _, _ in decoders]),
+                              per_prompt=len(decoders))
     args.interrupt_note = lambda: (f"{run.finished_prompts} of {run.total_prompts} prompts saved in {run.work_dir}; "
                                    "run the same command again to finish" if output is not None
                                    else "nothing saved (give --output FILE.jsonl to keep finished prompts)")
@@ -324,6 +327,10 @@ def run_generate(args) -> int:
         # steps: tokens decoded over all rows (EOS included): the time per token of the whole run
         per_step = f"{1000 * elapsed / steps:.1f} ms/token" if steps else "no steps"
         print(f"{shown:<40} mean final reward {_fmt_reward(mean)}   {elapsed:6.2f} s  ({per_step}, {shape})")
+    for shown, _, _, decoder in decoders:   # the compile's cost, paid in the first call of each graph
+        for (rows, slots, mode), seconds in decoder.compile_seconds.items():
+            info(f"{shown}: compiled the decoding step ({mode}, batch {rows}, {slots} cache slots) in its first call: "
+                 f"{seconds:.1f} s, included in the time above")
     if output is not None:
         info(f"wrote {len(records)} records ({len(names)} per prompt) to {output}")
     return 0

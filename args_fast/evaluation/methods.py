@@ -66,12 +66,12 @@ def make_methods(names, *, k: int, w: float, temperature: float, top_k: int = 40
 
 
 def args_decoder(method: Method, policy, reward_model, tokenizer, *, max_new_tokens: int, eos_ids: list[int],
-                 pad_id: int, backend: str = "auto") -> ARGSDecoder:
+                 pad_id: int, backend: str = "auto", compile: bool | None = None) -> ARGSDecoder:
     """The decoder of an ARGS method: its engine (runners, ops, caches) then serves every batch."""
     return ARGSDecoder(policy, reward_model, k=method.options["k"], w=method.options["w"],
                        mode=method.name.removeprefix("args-"), temperature=method.options.get("temperature", 0.7),
                        max_new_tokens=max_new_tokens, eos_token_id=eos_ids, pad_token_id=pad_id, backend=backend,
-                       tokenizer=tokenizer)
+                       tokenizer=tokenizer, compile=compile)
 
 
 @torch.no_grad()

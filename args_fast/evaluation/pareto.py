@@ -35,7 +35,7 @@ from ..integrations import parallel
 from .methods import Method
 from .run import Evaluation
 from ..integrations.run_files import command_line, info, read_json, read_jsonl, releases_locks, write_jsonl
-from ..loading import check_model_dir, model_source
+from ..loading import check_model_dir, compile_of, model_source
 from ..validation import UserError
 from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import cut_at_eos, encode_prompts
@@ -180,7 +180,7 @@ class ParetoEvaluation(Evaluation):
             a = self.args
             return ARGSDecoder(self.policy, self.normalised, k=a.k, w=[a.w * lam, a.w * (1 - lam)], mode="greedy",
                                max_new_tokens=a.max_new_tokens, eos_token_id=self.eos_ids, pad_token_id=self.pad_id,
-                               backend=a.backend, tokenizer=self.tokenizer)
+                               backend=a.backend, tokenizer=self.tokenizer, compile=compile_of(a))
         if method.name == "rs":
             return self._copy_with("soup", [pos, rel], [lam, 1 - lam])
         if method.name == "mod":   # a policy with zero weight adds nothing: not decoded at all

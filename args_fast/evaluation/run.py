@@ -19,7 +19,7 @@ from ..decoding.inputs import encode_prompts
 from ..integrations import parallel
 from ..integrations.run_files import (command_line, info, lock_run, machine_info, make_out_dir, make_record,
                                       read_user_text, releases_locks, text_lines, write_jsonl)
-from ..loading import (check_model_dir, check_placement, check_reward_flags, dtype_of, load_reward, load_user_models,
+from ..loading import (check_model_dir, check_placement, check_reward_flags, compile_of, dtype_of, load_reward, load_user_models,
                        placement, run_model_fingerprints)
 from ..validation import UserError
 from . import metrics
@@ -137,7 +137,10 @@ class Evaluation:
         vocab = self.policy.get_output_embeddings().out_features
         backend = self.args.backend if args_methods and self.args.backend != "auto" else "reference"
         for _, ids, mask, _ in self.batches:
-            check_request(ids, mask, self.args.max_new_tokens, None, vocab=vocab, backend=backend, models=models)
+            try:
+                check_request(ids, mask, self.args.max_new_tokens, None, vocab=vocab, backend=backend, models=models)
+            except ValueError as err:   # the prompts and --max-new-tokens are the user's
+                raise UserError(f"--max-new-tokens {self.args.max_new_tokens}: {err}") from err
 
     def header(self) -> dict:
         a = self.args
@@ -151,7 +154,8 @@ class Evaluation:
         if not method.is_args:
             return None
         return args_decoder(method, self.policy, self.reward, self.tokenizer, max_new_tokens=self.args.max_new_tokens,
-                            eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend)
+                            eos_ids=self.eos_ids, pad_id=self.pad_id, backend=self.args.backend,
+                            compile=compile_of(self.args))
 
     def user_decoder(self, method: Method):
         """:meth:`decoder_of`, what it refuses said as the user's error (the options and --backend are the

@@ -141,8 +141,8 @@ def _entry_problem(entry) -> str | None:
     return None
 
 
-def _corrupt(where: str, path: Path, what: str) -> ValueError:
-    return ValueError(f"{where} {what}: the saved partial results are corrupt; delete {path} to run its batches "
+def _corrupt(where: str, path: Path, what: str) -> UserError:
+    return UserError(f"{where} {what}: the saved partial results are corrupt; delete {path} to run its batches "
                       "again")
 
 
@@ -246,9 +246,10 @@ class BatchedRun:
     ``keys[j]``: what identifies batch j's inputs (e.g. its prompt ids); a stored batch is reused
     only when its key and ``check`` (the settings its records depend on) equal this run's.
     ``sizes[j]``: prompts in batch j (the progress bar's unit); ``costs[j]``: its work (tokens),
-    for the deal. ``fn(j)`` returns batch j's records (JSON-serialisable dicts), one per prompt.
+    for the deal. ``fn(j)`` returns batch j's records (JSON-serialisable dicts), ``per_prompt`` per prompt
+    (e.g. one per decoding method).
 
-    A stored batch of this run must hold ``sizes[j]`` records that ``validate(j, records)`` accepts
+    A stored batch of this run must hold ``per_prompt * sizes[j]`` records that ``validate(j, records)`` accepts
     (None, or the reason it does not: e.g. a record of another prompt), and be stored once (or
     identically): anything else is a ValueError naming the file and line, raised before any work."""
 
@@ -256,8 +257,8 @@ class BatchedRun:
 
     def __init__(self, keys: list, sizes: list[int], costs: list[int], *, work_dir: Path | None = None,
                  check: dict | None = None, desc: str = "", w: World | None = None,
-                 validate: Callable[[int, list[dict]], str | None] | None = None):
-        self.sizes, self.costs = sizes, costs
+                 validate: Callable[[int, list[dict]], str | None] | None = None, per_prompt: int = 1):
+        self.sizes, self.costs, self.per_prompt = sizes, costs, per_prompt
         # compared with what a part file holds, so JSON's view of it (tuples become lists)
         self.keys = json.loads(json.dumps(keys))
         self.work_dir, self.check, self.desc = work_dir, json.loads(json.dumps(check or {})), desc
@@ -282,7 +283,7 @@ class BatchedRun:
                                        f"both hold batch {j} of this run, with different records")
                 records = first.entry["records"]
                 problem = (f"holds {len(records)} records for the {sizes[j]} prompts of batch {j}"
-                           if len(records) != sizes[j] else None)
+                           if len(records) != per_prompt * sizes[j] else None)
                 if problem is None and validate is not None and (reason := validate(j, records)):
                     problem = f"batch {j}: {reason}"
                 if problem is not None:
@@ -313,7 +314,7 @@ class BatchedRun:
                     progress.add(self.sizes[j])
                     continue
                 records[j] = fn(j)
-                if len(records[j]) != self.sizes[j]:   # a caller's bug: a resumed run could not check it
+                if len(records[j]) != self.per_prompt * self.sizes[j]:   # a caller's bug: a resume could not check it
                     raise RuntimeError(f"batch {j} made {len(records[j])} records for {self.sizes[j]} prompts")
                 if self.own_part is not None:
                     append_line(self.own_part, {"batch": j, "key": self.keys[j], "check": self.check,
