@@ -152,3 +152,15 @@ def test_demonstrations_flag():
     args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
     assert args.demonstrations is True
     assert rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
+
+
+def test_spearman_gives_ties_their_average_rank():
+    """VADER scores tie often: tied values share their average rank. By hand: ranks of b are
+    (2, 2, 2, 4), so rho = Pearson((1, 2, 3, 4), (2, 2, 2, 4)) = 3 / sqrt(5 * 3); ordinal ranks
+    (1, 2, 3, 4) would give 1.0."""
+    a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert rt._spearman(a, b) == pytest.approx(3 / math.sqrt(15), abs=1e-12)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 4, (50,), generator=g).float(), torch.randint(0, 3, (50,), generator=g).float()
+    assert rt._spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)

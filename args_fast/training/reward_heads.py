@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
+from ..hf import cache_kwarg, output_cache
 from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
@@ -109,7 +110,7 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
         # the prompt is run once per context, then its cache is shared by the context's `s` replies
         out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                           use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(s)
         h = out.last_hidden_state[:, -1].repeat_interleave(s, 0)
         mask, lo = mask.repeat_interleave(s, 0), c0 * s
@@ -122,8 +123,8 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
             tok = torch.where(done, eos, top_ids.gather(-1, pick)[:, 0])
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], dim=1)
             out = model.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                              past_key_values=cache, use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+                              use_cache=True, **{cache_kwarg(model.model): cache})
+            cache, h = output_cache(out), out.last_hidden_state[:, -1]
             tokens[lo:lo + b, t], hidden[lo:lo + b, t] = tok, h.float()
             next_pos, done = next_pos + 1, done | (tok == eos)
             if bool(done.all()):
@@ -433,8 +434,10 @@ def _check_model_matches(weight, data, policy, tokenizer) -> float:
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    """Spearman's rank correlation, ties given their average rank (scipy): the labellers' scores tie
+    often (VADER gives 0.0 to every reply without a sentiment word)."""
+    from scipy.stats import spearmanr   # the `train` extra: only train-rm and the studies need it
+    return float(spearmanr(a.double().flatten().numpy(), b.double().flatten().numpy()).statistic)
 
 
 # --------------------------------------------------------------------------------------- CLI
