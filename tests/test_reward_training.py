@@ -2,10 +2,12 @@
 import argparse
 import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+from args_fast.cli.train_rm import add_train_rm_arguments
 from args_fast.training import reward_heads as rt
 from tiny_models import seeds
 
@@ -76,7 +78,7 @@ def test_bad_arguments_fail_before_any_work(bad, match, monkeypatch):
 
 
 def test_cli_arguments():
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--train-contexts", "8", "--margin", "0.5"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--train-contexts", "8", "--margin", "0.5"])
     assert args.train_contexts == 8 and args.margin == 0.5 and args.samples == 4
 
 
@@ -128,9 +130,22 @@ def test_unknown_objective_fails_before_any_work(monkeypatch):
     from args_fast.default_models import load_default_reward
     with pytest.raises(ValueError, match="objective must be one of"):
         load_default_reward(objective="wit")
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
     assert args.objective == "relevance" and args.margin is None and args.out_dir is None
-    assert rt.objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
+    from args_fast.default_models import objective_dir
+    assert objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
+
+
+def test_trained_heads_go_to_the_cache_not_the_package(tmp_path, monkeypatch):
+    """The installed package may be read-only and the working directory anything: by default train-rm
+    writes under $ARGS_FAST_CACHE, and the shipped heads stay as they are."""
+    import args_fast
+    monkeypatch.setenv("ARGS_FAST_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for objective in ("positivity", "relevance"):
+        out = rt.default_out_dir(objective)
+        assert out == tmp_path / "reward_heads" / objective and out.is_absolute()
+        assert Path(args_fast.__file__).parent not in out.parents
 
 
 def test_demonstration_pairs_follow_the_quantile():
@@ -149,9 +164,9 @@ def test_demonstration_pairs_follow_the_quantile():
 
 
 def test_demonstrations_flag():
-    args = rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
+    args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
     assert args.demonstrations is True
-    assert rt.add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
+    assert add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
 
 
 def test_spearman_gives_ties_their_average_rank():

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
 from ..hf import cache_kwarg, output_cache
-from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
+from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, policy_dir
 
 PREFIX_LENGTHS = (2, 4, 8, 16, 32, 48)   # response lengths (tokens) at which prefix pairs are compared
 FEATURES_VERSION = 3                    # bump when the sampling/feature code changes (cache key)
@@ -300,6 +300,14 @@ def demonstration_pairs(data: dict, human: tuple, objective: str, quantile: floa
 
 
 # --------------------------------------------------------------------------------------- main
+def default_out_dir(objective: str) -> Path:
+    """Where a trained head goes unless told: ``reward_heads/<objective>`` in the args_fast cache
+    ($ARGS_FAST_CACHE or ~/.cache/args_fast), never the installed package nor the working directory.
+    ``load_default_reward`` keeps reading the shipped heads; ``--out-dir args_fast/data`` (positivity) or
+    ``args_fast/data/objectives/<objective>`` in a checkout replaces them."""
+    return cache_root() / "reward_heads" / objective
+
+
 def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
                        temperature=1.0, top_k=10, margin=None, prefix_weight=1.0, seed=0, batch_size=64,
                        cache_dir=None, out_dir: str | Path | None = None, command: str = "",
@@ -309,7 +317,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     margin = OBJECTIVES[objective]["margin"] if margin is None else margin
-    out_dir = objective_dir(objective) if out_dir is None else out_dir
+    out_dir = default_out_dir(objective) if out_dir is None else out_dir
     if not (isinstance(margin, (int, float)) and 0 < margin < 2):
         raise ValueError(f"margin must be a number in (0, 2) (both labellers' scores lie in [-1, 1]), got {margin!r}")
     if not (isinstance(prefix_weight, (int, float)) and math.isfinite(prefix_weight) and prefix_weight >= 0):
