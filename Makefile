@@ -7,7 +7,7 @@ PROMPT ?= How can I make my mornings less stressful?
 
 .PHONY: install demo test bench clean
 
-$(STAMP): requirements.txt requirements-nodeps.txt setup.py $(wildcard CMakeLists.txt csrc/*)
+$(STAMP): requirements.txt requirements-nodeps.txt pyproject.toml setup.py $(wildcard CMakeLists.txt csrc/*)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q torch==2.13.0

@@ -1,4 +1,5 @@
-"""args_fast build: the Python package plus the optional compiled extension ``args_fast._C`` (csrc/).
+"""args_fast build: the optional compiled extension ``args_fast._C`` (csrc/); the package's metadata,
+dependencies and data files are in pyproject.toml.
 
 The extension is built by CMake (CMakeLists.txt) against the torch found in the build environment,
 with torch's bundled pybind11 headers, so install with ``pip install --no-build-isolation -e .``
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import traceback
 
-from setuptools import Extension, find_packages, setup
+from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -93,19 +94,8 @@ class CMakeBuild(build_ext):
                 os.remove(os.path.join(os.path.dirname(ERROR_FILE), name))
 
 
+# Metadata, dependencies and package data live in pyproject.toml; this file only adds the extension.
 setup(
-    name="args_fast",
-    version="0.1.0",
-    description="Fast, correct ARGS (Alignment as Reward-Guided Search) decoding",
-    packages=find_packages(include=["args_fast", "args_fast.*"]),
-    # the default reward head and the held-out eval prompts ship inside the package
-    package_data={"args_fast": ["data/*"]},
-    python_requires=">=3.10",
-    # torch 2.5: SDPA's enable_gqa (the static runners); tested on 2.13 (CPU) and 2.11 (the GPU machine)
-    install_requires=["torch>=2.5,<2.14", "transformers>=5.0,<6", "numpy", "tqdm"],
-    extras_require={"dev": ["pytest", "pytest-benchmark", "scipy"], "triton": ["triton"],
-                    "eval": ["nltk", "matplotlib", "vaderSentiment", "alt-profanity-check", "chitchat-dataset"]},
-    entry_points={"console_scripts": ["args-fast=args_fast.cli:main"]},
     ext_modules=[Extension("args_fast._C", sources=[])],
     cmdclass={"build_ext": CMakeBuild},
 )

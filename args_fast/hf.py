@@ -1,6 +1,9 @@
 """What args_fast needs to know about Hugging Face models: score heads, context sizes, mask formats."""
 from __future__ import annotations
 
+import functools
+import inspect
+
 import torch
 from torch import nn
 
@@ -84,3 +87,27 @@ def head_dim(config) -> int:
     hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
     heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
     return hidden // heads
+
+
+# transformers 5.25 renamed the KV cache argument and output field of the models' forward from
+# ``past_key_values`` to ``cache`` (the old name still works but warns on every call); earlier 5.x
+# releases, and remote-code models, only know ``past_key_values``. The name is read off each model's
+# own forward signature, so both work without a warning.
+def cache_kwarg(model) -> str:
+    """The keyword under which ``model``'s forward takes its KV cache: ``cache`` or ``past_key_values``."""
+    return _cache_kwarg_of(type(model))
+
+
+@functools.lru_cache(maxsize=None)
+def _cache_kwarg_of(cls) -> str:
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):     # no inspectable signature: the long-standing name
+        return "past_key_values"
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned (``out.cache`` from transformers 5.25 on, ``out.past_key_values`` before)."""
+    fields = getattr(type(out), "__dataclass_fields__", {})
+    return out.cache if "cache" in fields else out.past_key_values

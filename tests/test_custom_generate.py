@@ -293,3 +293,33 @@ def test_text_reward_needs_policy_tokenizer():
     want = args_fast.generate(policy, vowels, ids, mask, k=K, w=W, max_new_tokens=3, tokenizer=tokenizer)
     got = hf(policy, vowels, ids, mask, max_new_tokens=3, policy_tokenizer=tokenizer, return_dict_in_generate=True)
     assert_same_output(got, want, atol=0)
+
+
+def test_cache_keyword_of_either_transformers_version():
+    """transformers 5.25 renamed the forward's ``past_key_values`` to ``cache`` (the old name warns):
+    generate hands ARGS an empty ``cache`` there, which is not a user's model input; a filled one is refused."""
+    from transformers import DynamicCache
+
+    from args_fast import hf
+    from args_fast.integrations.hf_generate import _check_model_kwargs
+
+    ids = torch.tensor([[5, 6, 7]])
+    for name in ("cache", "past_key_values"):
+        assert _check_model_kwargs({name: DynamicCache(), "attention_mask": torch.ones_like(ids)}, ids) == []
+
+    class NewStyle(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, use_cache=None):
+            pass
+
+    class OldStyle(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None, use_cache=None):
+            pass
+
+    assert hf.cache_kwarg(NewStyle()) == "cache" and hf.cache_kwarg(OldStyle()) == "past_key_values"
+    # a real model: the keyword it takes and the cache it returns, whichever the installed version names them
+    policy = make_policy("llama")
+    filled = hf.output_cache(policy(input_ids=ids, use_cache=True))
+    assert filled.get_seq_length() == 3
+    name = hf.cache_kwarg(policy)
+    assert _check_model_kwargs({name: filled}, ids) == [f"{name} (a filled cache: ARGS prefills its own from the "
+                                                         "whole prompt)"]

@@ -1,12 +1,14 @@
 """LoRA SFT (args_fast/training/lora_sft.py): an untrained adapter changes nothing, training lowers the loss,
 the exported adapter merged by interpolate_lora is the trained model, and a cut run resumes to the
-same adapter."""
+same adapter; adapters are saved in peft's format, which peft loads, and we load peft's."""
 import copy
+import json
 
 import pytest
 import torch
 
-from args_fast.training.lora_sft import add_lora, lora_state, remove_lora, train_sft
+from args_fast.training.lora_sft import (PEFT_CONFIG, PEFT_WEIGHTS, add_lora, load_adapter, load_lora_state, lora_state,
+                                         remove_lora, save_adapter, train_sft)
 from args_fast.training.baselines import base_weights, interpolate_lora
 from tiny_models import make_model, padded_prompts
 
@@ -75,3 +77,77 @@ def test_errors():
         p.requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         train_sft(model, examples(), pad_id=0)
+
+
+def random_adapter(model, r=4, alpha=8.0, seed=0):
+    """An adapter with random A and B (a fresh one has B = 0, which would hide a swapped A / B)."""
+    names = add_lora(model, r=r, alpha=alpha, seed=seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    load_lora_state(model, {n: (a, torch.randn(b.shape, generator=g) * 0.1, s)
+                            for n, (a, b, s) in lora_state(model).items()})
+    return names
+
+
+def test_saved_adapter_round_trip_is_exact(tmp_path):
+    model = make_model("llama-gqa-hd16", "lm", 0)
+    random_adapter(model)
+    adapter = remove_lora(model)
+    save_adapter(tmp_path / "a", adapter, {"objective": "x", "steps": 3})
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([PEFT_CONFIG, PEFT_WEIGHTS, "args_fast.json"])
+    config = json.loads((tmp_path / "a" / PEFT_CONFIG).read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4 and config["lora_alpha"] == 8.0
+    back, meta = load_adapter(tmp_path / "a")
+    assert meta == {"objective": "x", "steps": 3, "scale": 2.0} and list(back) == sorted(adapter)
+    for name, (a, b, scale) in adapter.items():
+        assert torch.equal(back[name][0], a) and torch.equal(back[name][1], b) and back[name][2] == scale
+    # the interpolation from the loaded adapters is the same, bit for bit, as from the in-memory ones
+    other = {n: (a * 2, b - 1, s) for n, (a, b, s) in adapter.items()}
+    save_adapter(tmp_path / "b", other, {})
+    merged = []
+    for adapters in ([adapter, other], [back, load_adapter(tmp_path / "b")[0]]):
+        m = make_model("llama-gqa-hd16", "lm", 0)
+        interpolate_lora(m, base_weights(m, sorted(adapter)), adapters, [0.25, 0.75])
+        merged.append(m.state_dict())
+    assert all(torch.equal(merged[0][k], merged[1][k]) for k in merged[0])
+
+
+def test_peft_loads_ours_and_we_load_peft_s(tmp_path):
+    peft = pytest.importorskip("peft")
+    model = make_model("llama-gqa-hd16", "lm", 0)
+    base = copy.deepcopy(model)
+    random_adapter(model, r=4, alpha=8.0, seed=3)
+    ids, _ = padded_prompts([7], seed=2)
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+        plain = base(input_ids=ids).logits
+    adapter = remove_lora(model)
+    save_adapter(tmp_path / "ours", adapter, {})
+    tuned = peft.PeftModel.from_pretrained(copy.deepcopy(base), tmp_path / "ours").eval()
+    with torch.no_grad():
+        theirs = tuned(input_ids=ids).logits
+    # the same model (peft applies the scale after B, we before: rounding only)
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-5)
+    assert not torch.allclose(ours, plain, atol=1e-3)   # the adapter does change the model
+    tuned.save_pretrained(tmp_path / "peft")
+    back, meta = load_adapter(tmp_path / "peft")
+    assert meta == {"scale": 2.0} and sorted(back) == sorted(adapter)
+    for name, (a, b, scale) in adapter.items():
+        assert torch.equal(back[name][0], a) and torch.equal(back[name][1], b) and back[name][2] == scale
+
+
+def test_adapter_errors(tmp_path):
+    model = make_model("llama-gqa-hd16", "lm", 0)
+    random_adapter(model)
+    adapter = remove_lora(model)
+    with pytest.raises(ValueError, match="adapter_config.json is missing"):
+        load_adapter(tmp_path / "none")
+    mixed = dict(adapter)
+    name = next(iter(mixed))
+    mixed[name] = (mixed[name][0], mixed[name][1], 3.0)
+    with pytest.raises(ValueError, match="one scale and one rank"):
+        save_adapter(tmp_path / "mixed", mixed, {})
+    save_adapter(tmp_path / "dora", adapter, {})
+    config = json.loads((tmp_path / "dora" / PEFT_CONFIG).read_text())
+    (tmp_path / "dora" / PEFT_CONFIG).write_text(json.dumps({**config, "use_dora": True, "bias": "all"}))
+    with pytest.raises(ValueError, match=r"only plain LoRA .*\['bias', 'use_dora'\]"):
+        load_adapter(tmp_path / "dora")

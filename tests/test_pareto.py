@@ -2,6 +2,7 @@
 resumption of a cut run, and errors before any work."""
 import argparse
 import json
+import re
 
 import pytest
 import torch
@@ -158,7 +159,7 @@ def test_another_setup_in_the_same_folder_is_refused(tiny_dir, full_run):
 
 @pytest.mark.parametrize("extra, message", [
     ({"methods": "args,soups"}, "--methods must be a comma-separated subset"),
-    ({"adapters": "/nonexistent"}, "--adapters /nonexistent: positivity.safetensors is missing"),
+    ({"adapters": "/nonexistent"}, "--adapters /nonexistent: positivity/adapter_config.json is missing"),
 ])
 def test_bad_input_fails_before_models_load(tiny_dir, tmp_path, monkeypatch, extra, message):
     monkeypatch.setattr(pareto.Evaluation, "__init__", lambda *a: pytest.fail("models loaded before the check"))
@@ -209,3 +210,14 @@ def test_torchrun_two_processes_write_the_cells_one_process_writes(tiny_dir, ful
                     assert a[key] == pytest.approx(value, rel=1e-4, abs=1e-5), (name, key)
     assert json.loads((tmp_path / "pareto.json").read_text())["machine"]["processes"] == 2
     assert not (tmp_path / ".partial").exists()
+
+
+def test_default_adapter_folder_is_in_the_cache_not_the_working_directory(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("ARGS_FAST_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    args = argv(tiny_dir, tmp_path / "out")
+    args.adapters = None
+    monkeypatch.setattr(pareto.Evaluation, "__init__", lambda *a: pytest.fail("models loaded before the check"))
+    with pytest.raises(ValueError, match=re.escape(f"--adapters {tmp_path / 'cache' / 'adapters'} (the default): "
+                                                   "positivity/adapter_config.json is missing")):
+        run_pareto(args)

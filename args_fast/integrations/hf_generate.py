@@ -92,8 +92,9 @@ _SAMPLING = frozenset({"top_k", "top_p", "min_p", "top_h", "typical_p", "epsilon
 # neutral values besides transformers' global default (and None)
 _ALSO_NEUTRAL = {"guidance_scale": (1, 1.0), "min_new_tokens": (0,), "top_k": (0,)}
 # model inputs generate derives (or adds) by itself; ARGS derives its own from input_ids and attention_mask
+# (the cache is ``cache`` from transformers 5.25 on, ``past_key_values`` before)
 _DERIVED_MODEL_INPUTS = frozenset({"attention_mask", "position_ids", "logits_to_keep", "use_cache", "past_key_values",
-                                   "cache_position"})
+                                   "cache", "cache_position"})
 
 
 def _defaults() -> dict:
@@ -221,9 +222,10 @@ def _check_criteria(stopping_criteria, config: GenerationConfig) -> list[str]:
 def _check_model_kwargs(model_kwargs: dict, input_ids: torch.Tensor) -> list[str]:
     problems = [f"model input {name!r}" for name, value in model_kwargs.items()
                 if name not in _DERIVED_MODEL_INPUTS and value is not None]
-    cache = model_kwargs.get("past_key_values")
-    if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
-        problems.append("past_key_values (a filled cache: ARGS prefills its own from the whole prompt)")
+    for name in ("cache", "past_key_values"):
+        cache = model_kwargs.get(name)
+        if cache is not None and (not hasattr(cache, "get_seq_length") or cache.get_seq_length() > 0):
+            problems.append(f"{name} (a filled cache: ARGS prefills its own from the whole prompt)")
     position_ids = model_kwargs.get("position_ids")
     if position_ids is not None:
         mask = model_kwargs.get("attention_mask")

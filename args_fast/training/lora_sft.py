@@ -7,7 +7,8 @@ samples for each training context (best-of-n: the samples and labels `args-fast 
 * :class:`LoRALinear`: ``base(x) + (alpha / r) * (x A^T) B^T``, ``B`` zero at the start (the model is
   unchanged until it trains); :func:`add_lora` wraps the target linear layers, :func:`remove_lora`
   restores them and returns the adapter as ``{module name: (A, B, scale)}``, the format
-  :func:`args_fast.training.baselines.interpolate_lora` mixes.
+  :func:`args_fast.training.baselines.interpolate_lora` mixes; :func:`save_adapter` /
+  :func:`load_adapter` write and read it as a peft LoRA adapter folder.
 * :func:`train_sft`: AdamW on the reply tokens' cross-entropy (the prompt is context only), fixed
   seed and batch order, a checkpoint (adapter, optimiser, step) every ``save_every`` steps into
   ``work_dir``: a cut run resumes from its last checkpoint to the same adapter.
@@ -77,37 +78,81 @@ def remove_lora(model: nn.Module) -> dict:
     return adapter
 
 
+# On disk an adapter is a folder in peft's LoRA format, so that peft (and what loads peft adapters:
+# trl, vLLM) reads ours and we read theirs: adapter_config.json (rank, alpha, the target modules) and
+# adapter_model.safetensors (``base_model.model.<module>.lora_A.weight`` (r, in) and ``.lora_B.weight``
+# (out, r)); the scale is peft's ``lora_alpha / r``. Our training record goes next to them.
+PEFT_CONFIG, PEFT_WEIGHTS, TRAINING_RECORD = "adapter_config.json", "adapter_model.safetensors", "args_fast.json"
+_PEFT_PREFIX = "base_model.model."
+
+
 def save_adapter(path, adapter: dict, meta: dict) -> None:
-    """``path``.safetensors (each layer's ``A`` and ``B``) and ``path``.json (``meta`` plus the scale)."""
+    """The folder ``path`` in peft's LoRA format (see above), with ``meta`` in ``path/args_fast.json``."""
     import json
     from safetensors.torch import save_file
     path = Path(path)
+    if not adapter:
+        raise ValueError("the adapter has no layers")
     scales = {float(scale) for _, _, scale in adapter.values()}
-    if len(scales) != 1:
-        raise ValueError(f"an adapter's layers must share one scale, got {sorted(scales)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({f"{name}.{part}": t.contiguous() for name, (a, b, _) in adapter.items() for part, t in (("A", a), ("B", b))},
-              str(path.with_suffix(".safetensors")))
-    path.with_suffix(".safetensors").chmod(0o644)     # save_file creates it owner-only
-    path.with_suffix(".json").write_text(json.dumps({**meta, "scale": scales.pop()}, indent=1) + "\n")
+    ranks = {int(a.shape[0]) for a, _, _ in adapter.values()}
+    if len(scales) != 1 or len(ranks) != 1:
+        raise ValueError(f"an adapter's layers must share one scale and one rank, got scales {sorted(scales)}, "
+                         f"ranks {sorted(ranks)}")
+    scale, r = scales.pop(), ranks.pop()
+    alpha = scale * r
+    if alpha / r != scale:    # peft recomputes the scale as alpha / r: it must come back bit for bit
+        raise ValueError(f"scale {scale!r} with rank {r} is not alpha / r for a float alpha")
+    path.mkdir(parents=True, exist_ok=True)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha,
+              "target_modules": sorted(adapter), "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "use_rslora": False, "use_dora": False, "modules_to_save": None, "rank_pattern": {},
+              "alpha_pattern": {}, "init_lora_weights": True, "inference_mode": True,
+              "base_model_name_or_path": meta.get("base_model")}
+    save_file({f"{_PEFT_PREFIX}{name}.lora_{part}.weight": t.contiguous()
+               for name, (a, b, _) in adapter.items() for part, t in (("A", a), ("B", b))},
+              str(path / PEFT_WEIGHTS), metadata={"format": "pt"})
+    (path / PEFT_WEIGHTS).chmod(0o644)     # save_file creates it owner-only
+    (path / PEFT_CONFIG).write_text(json.dumps(config, indent=1) + "\n")
+    (path / TRAINING_RECORD).write_text(json.dumps({k: v for k, v in meta.items() if k != "scale"}, indent=1) + "\n")
 
 
 def load_adapter(path) -> tuple[dict, dict]:
-    """(adapter ``{module name: (A, B, scale)}``, its metadata) saved by :func:`save_adapter`."""
+    """(adapter ``{module name: (A, B, scale)}``, its metadata with the ``scale``) from a peft LoRA folder:
+    one :func:`save_adapter` wrote, or peft's ``save_pretrained`` (plain LoRA on linear layers)."""
     import json
     from safetensors.torch import load_file
     path = Path(path)
-    tensors_file, meta_file = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    for f in (tensors_file, meta_file):
-        if not f.is_file():
-            raise ValueError(f"LoRA adapter {path}: {f.name} is missing")
-    meta = json.loads(meta_file.read_text())
-    tensors = load_file(str(tensors_file))
-    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
-    bad = [n for n in names if f"{n}.A" not in tensors or f"{n}.B" not in tensors]
-    if bad or "scale" not in meta:
-        raise ValueError(f"LoRA adapter {path}: needs an A and a B per layer and a scale, got {bad[:3] or 'no scale'}")
-    return {n: (tensors[f"{n}.A"], tensors[f"{n}.B"], float(meta["scale"])) for n in names}, meta
+    for name in (PEFT_CONFIG, PEFT_WEIGHTS):
+        if not (path / name).is_file():
+            raise ValueError(f"LoRA adapter {path}: {name} is missing (expected a peft LoRA adapter folder)")
+    config = json.loads((path / PEFT_CONFIG).read_text())
+    # what a plain LoRA on linear layers leaves out; anything else would change the model in a way
+    # these weights alone do not describe, so it is refused rather than dropped
+    unsupported = {"peft_type": config.get("peft_type") != "LORA", "bias": config.get("bias", "none") != "none",
+                   "use_dora": bool(config.get("use_dora")), "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+                   "modules_to_save": bool(config.get("modules_to_save")),
+                   "rank_pattern": bool(config.get("rank_pattern")), "alpha_pattern": bool(config.get("alpha_pattern"))}
+    if any(unsupported.values()):
+        raise ValueError(f"LoRA adapter {path}: only plain LoRA (no bias, DoRA, fan_in_fan_out, modules_to_save or "
+                         f"per-module ranks) is supported, got {[k for k, bad in unsupported.items() if bad]}")
+    r, alpha = int(config["r"]), float(config["lora_alpha"])
+    scale = alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
+    tensors = load_file(str(path / PEFT_WEIGHTS))
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name = key[len(_PEFT_PREFIX):] if key.startswith(_PEFT_PREFIX) else key
+        module, dot, part = name.rpartition(".lora_")
+        if not dot or part not in ("A.weight", "B.weight"):
+            raise ValueError(f"LoRA adapter {path}: unexpected tensor {key!r} (only lora_A / lora_B weights)")
+        layers.setdefault(module, {})[part[0]] = tensor
+    bad = [n for n, parts in layers.items() if set(parts) != {"A", "B"} or parts["A"].shape[0] != r
+           or parts["B"].shape[1] != r]
+    if bad or not layers:
+        raise ValueError(f"LoRA adapter {path}: needs an A (r x in) and a B (out x r) of rank {r} per layer, "
+                         f"got {bad[:3] or 'no layers'}")
+    record = path / TRAINING_RECORD
+    meta = json.loads(record.read_text()) if record.is_file() else {}
+    return {n: (layers[n]["A"], layers[n]["B"], scale) for n in sorted(layers)}, {**meta, "scale": scale}
 
 
 def sft_batches(examples: list[tuple[list[int], list[int]]], batch_size: int, seed: int, epochs: int):

@@ -33,7 +33,9 @@ import torch.nn.functional as F
 
 from ..data import chitchat
 from ..engine.ops import positions_from_mask
-from ..default_models import POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root, load_default_policy, objective_dir, policy_dir
+from ..default_models import (POLICY_NAME, REWARD_META, REWARD_WEIGHTS, _version, build_reward_model, cache_root,
+                              load_default_policy, policy_dir)
+from ..hf import cache_kwarg, output_cache
 from ..integrations.run_files import info   # progress lines; --quiet drops them
 from ..validation import UserError
 
@@ -110,7 +112,7 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
         # the prompt is run once per context, then its cache is shared by the context's `s` replies
         out = model.model(input_ids=ids, attention_mask=mask, position_ids=positions_from_mask(mask),
                           use_cache=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         cache.batch_repeat_interleave(s)
         h = out.last_hidden_state[:, -1].repeat_interleave(s, 0)
         mask, lo = mask.repeat_interleave(s, 0), c0 * s
@@ -123,8 +125,8 @@ def sample_with_features(model, tokenizer, contexts: list[str], cfg: DataConfig,
             tok = torch.where(done, eos, top_ids.gather(-1, pick)[:, 0])
             mask = torch.cat([mask, torch.ones(b, 1, dtype=mask.dtype)], dim=1)
             out = model.model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                              past_key_values=cache, use_cache=True)
-            cache, h = out.past_key_values, out.last_hidden_state[:, -1]
+                              use_cache=True, **{cache_kwarg(model.model): cache})
+            cache, h = output_cache(out), out.last_hidden_state[:, -1]
             tokens[lo:lo + b, t], hidden[lo:lo + b, t] = tok, h.float()
             next_pos, done = next_pos + 1, done | (tok == eos)
             if bool(done.all()):
@@ -299,6 +301,14 @@ def demonstration_pairs(data: dict, human: tuple, objective: str, quantile: floa
 
 
 # --------------------------------------------------------------------------------------- main
+def default_out_dir(objective: str) -> Path:
+    """Where a trained head goes unless told: ``reward_heads/<objective>`` in the args_fast cache
+    ($ARGS_FAST_CACHE or ~/.cache/args_fast), never the installed package nor the working directory.
+    ``load_default_reward`` keeps reading the shipped heads; ``--out-dir args_fast/data`` (positivity) or
+    ``args_fast/data/objectives/<objective>`` in a checkout replaces them."""
+    return cache_root() / "reward_heads" / objective
+
+
 def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=200, samples=4, max_new_tokens=64,
                        temperature=1.0, top_k=10, margin=None, prefix_weight=1.0, seed=0, batch_size=64,
                        cache_dir=None, out_dir: str | Path | None = None, command: str = "",
@@ -308,7 +318,7 @@ def train_reward_model(*, train_contexts=800, val_contexts=150, test_contexts=20
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {sorted(OBJECTIVES)}, got {objective!r}")
     margin = OBJECTIVES[objective]["margin"] if margin is None else margin
-    out_dir = objective_dir(objective) if out_dir is None else out_dir
+    out_dir = default_out_dir(objective) if out_dir is None else out_dir
     if not (isinstance(margin, (int, float)) and 0 < margin < 2):
         raise ValueError(f"margin must be a number in (0, 2) (both labellers' scores lie in [-1, 1]), got {margin!r}")
     if not (isinstance(prefix_weight, (int, float)) and math.isfinite(prefix_weight) and prefix_weight >= 0):
@@ -433,8 +443,10 @@ def _check_model_matches(weight, data, policy, tokenizer) -> float:
 
 
 def _spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    ra, rb = a.argsort().argsort().double(), b.argsort().argsort().double()
-    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+    """Spearman's rank correlation, ties given their average rank (scipy): the labellers' scores tie
+    often (VADER gives 0.0 to every reply without a sentiment word)."""
+    from scipy.stats import spearmanr   # the `train` extra: only train-rm and the studies need it
+    return float(spearmanr(a.double().flatten().numpy(), b.double().flatten().numpy()).statistic)
 
 
 # --------------------------------------------------------------------------------------- CLI

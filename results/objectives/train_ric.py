@@ -11,9 +11,9 @@ after the user's message by `moo_baselines.ric_prompt` (``... <rm1> 0.52 <rm2> -
 chat-templated result is the prompt, the reply (up to and including <|im_end|> when it ended) the
 target. LoRA r 8, alpha 16 on q_proj and v_proj, AdamW lr 5e-4, batch 8, one epoch (400 steps),
 eval mode, seed 0: the Rewarded Soups settings. Checkpoints every 10 steps in
-`~/.cache/args_fast/ric/` (a rerun resumes). Writes `results/objectives/adapters/ric.safetensors`
-and `ric.json` with the normalisation and RiC's preference-to-reward map ends (the minimum and
-maximum normalised reward of each objective over the training replies).
+`~/.cache/args_fast/ric/` (a rerun resumes). Writes `results/objectives/adapters/ric/`, a peft LoRA
+adapter folder whose `args_fast.json` holds the normalisation and RiC's preference-to-reward map ends
+(the minimum and maximum normalised reward of each objective over the training replies).
 """
 from __future__ import annotations
 

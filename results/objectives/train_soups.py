@@ -9,7 +9,7 @@ target (chat-templated context as the prompt, the reply tokens up to and includi
 ended). LoRA r 8, alpha 16 on q_proj and v_proj of every layer, AdamW lr 5e-4, batch 8, one epoch
 (100 steps), eval mode (no dropout), seed 0. Checkpoints every 10 steps in
 `~/.cache/args_fast/soups/<objective>/` (a rerun resumes); the adapter is written to
-`results/objectives/adapters/<objective>.safetensors` with its metadata.
+`results/objectives/adapters/<objective>/` (a peft LoRA adapter folder) with its metadata.
 """
 from __future__ import annotations
 

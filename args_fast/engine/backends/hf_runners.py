@@ -29,13 +29,14 @@ class _SlotRunner:
 
     def __init__(self, model, extra_slots: int):
         self.model, self.device, self.extra_slots = model, model.device, extra_slots
+        self.cache_kwarg = hf.cache_kwarg(model)     # the forward's name for the KV cache (transformers version)
 
     def _prefill(self, forward, input_ids, attention_mask, max_new_tokens):
         input_ids, attention_mask = input_ids.to(self.device), attention_mask.to(self.device)
         batch, prompt = input_ids.shape
         self.cache = HFSlotCache(self.model.config.num_hidden_layers, batch, prompt + max_new_tokens + self.extra_slots)
         out = forward(input_ids=input_ids, attention_mask=to_attention_mask(prefix_mask(attention_mask), self.model),
-                      position_ids=positions_from_mask(attention_mask), past_key_values=self.cache, use_cache=True)
+                      position_ids=positions_from_mask(attention_mask), use_cache=True, **{self.cache_kwarg: self.cache})
         self.cache.advance(prompt)
         self.cache.storage.prefix_start.copy_(prompt - attention_mask.long().sum(-1))   # first real slot per row
         self.next_pos = attention_mask.long().sum(-1)                  # (B,) position of the next token
@@ -60,8 +61,8 @@ class HFPolicyRunner(_SlotRunner):
     @torch.no_grad()
     def step(self, tokens):
         logits = self.model(input_ids=tokens.to(self.device)[:, None], attention_mask=self._mask(1),
-                            position_ids=self.next_pos[:, None], past_key_values=self.cache,
-                            use_cache=True, logits_to_keep=1).logits
+                            position_ids=self.next_pos[:, None], use_cache=True, logits_to_keep=1,
+                            **{self.cache_kwarg: self.cache}).logits
         self.cache.advance(1)
         self.next_pos += 1
         return logits[:, -1].float()
@@ -82,7 +83,7 @@ class HFRewardRunner(_SlotRunner):
         batch, k = candidate_ids.shape
         hidden = self.backbone(input_ids=candidate_ids.to(self.device), attention_mask=self._mask(k),
                                position_ids=self.next_pos[:, None].expand(batch, k),
-                               past_key_values=self.cache, use_cache=True).last_hidden_state
+                               use_cache=True, **{self.cache_kwarg: self.cache}).last_hidden_state
         self.forward_calls += 1
         return reward_of_hidden(self.reward_model, hidden)
 
@@ -130,7 +131,7 @@ class HFFusedEngine:
         batch, k = top_ids.shape
         hidden = self.backbone(input_ids=top_ids, attention_mask=runner._mask(k),
                                position_ids=runner.next_pos[:, None].expand(batch, k),
-                               past_key_values=runner.cache, use_cache=True).last_hidden_state   # (B, k, H)
+                               use_cache=True, **{runner.cache_kwarg: runner.cache}).last_hidden_state   # (B, k, H)
         self.forward_calls += 1
         rewards, objectives = self.head.score(hidden)   # objectives: (B, k, n) when heads are mixed
         self.nonfinite = ~rewards.isfinite().all(-1) & ~self.finished

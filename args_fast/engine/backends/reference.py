@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ...hf import reward_of_hidden
+from ...hf import cache_kwarg, output_cache, reward_of_hidden
 
 
 def _rows(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[torch.Tensor]:
@@ -26,7 +26,7 @@ class ReferencePolicy:
         self.caches, logits = [], []
         for row in _rows(input_ids.to(self.device), attention_mask.to(self.device)):
             out = self.model(input_ids=row[None], use_cache=True)
-            self.caches.append(out.past_key_values)
+            self.caches.append(output_cache(out))
             logits.append(out.logits[0, -1].float())
         return torch.stack(logits)
 
@@ -34,8 +34,8 @@ class ReferencePolicy:
     def step(self, tokens):
         logits = []
         for b, token in enumerate(tokens.to(self.device)):
-            out = self.model(input_ids=token.view(1, 1), past_key_values=self.caches[b], use_cache=True)
-            self.caches[b] = out.past_key_values
+            out = self.model(input_ids=token.view(1, 1), use_cache=True, **{cache_kwarg(self.model): self.caches[b]})
+            self.caches[b] = output_cache(out)
             logits.append(out.logits[0, -1].float())
         return torch.stack(logits)
 
