@@ -24,8 +24,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
+# results go to $(BENCH_OUT) (bench_cpu_step.md / .json), never into tracked files; ARGS_FAST_BENCH_GRID=quick|default|full
+BENCH_OUT ?= /tmp/args_fast_bench
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q benchmarks/bench_decoder.py --benchmark-only --benchmark-columns=median,rounds
+	mkdir -p $(BENCH_OUT)
+	ARGS_FAST_BENCH_OUT=$(BENCH_OUT) $(BIN)/python -m pytest -q benchmarks/bench_cpu_step.py --benchmark-only \
+		--benchmark-columns=median,rounds --benchmark-json=$(BENCH_OUT)/pytest-benchmark.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info
