@@ -68,7 +68,8 @@ def test_dry_run_session_writes_every_step_and_section(tmp_path):
     assert sorted(set(seen), key=seen.index) == SECTIONS
     smoke = {r["backend"]: r for r in rows if r["section"] == "smoke"}
     for backend in ("hf-generate", "greedy", "reference", "official-style", "hf", "static", "static-triton",
-                    "static-csrc", "compiled", "fused-hf", "fused-static", "fused-static-triton"):
+                    "static-csrc", "static-compiled", "fused-hf", "fused-static", "fused-static-triton",
+                    "fused-static-compiled"):
         assert backend in smoke, sorted(smoke)
     # hf-generate's decode time is a difference of two timings (generate(T + 1) - generate(1)): on tiny
     # shapes and a loaded CPU it can come out <= 0, and then the row says so instead of a number
@@ -77,7 +78,8 @@ def test_dry_run_session_writes_every_step_and_section(tmp_path):
         row = smoke[backend]
         assert row.get("ms_per_step", 0) > 0 and row["tokens_per_s"] > 0 and row["x_floor"] > 0, row
         assert row["runs"] >= 1 and row["floor_ms_per_step"] > 0
-    assert smoke["compiled"].get("ms_per_step") or "compiled" in smoke["compiled"]["note"]
+    for backend in ("static-compiled", "fused-static-compiled"):   # the registry's compiled-step backend
+        assert smoke[backend].get("ms_per_step") or smoke[backend]["note"], smoke[backend]
     if meta["status"] == "complete":
         for section in SECTIONS:
             measured = [r for r in rows if r["section"] == section and r.get("ms_per_step")]
