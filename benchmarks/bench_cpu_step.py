@@ -155,7 +155,7 @@ def make_run(row: str, dtype: str, k: int):
                 engine.step(None, last=t == NEW - 1)
         run.engine = engine
         return run, policy_bytes
-    kind, backend = row.split("-", 1)
+    kind, backend = row.split("-", 1) if "-" in row else ("fused", row)   # "reference": the fused reward
     backend = {"compiled": "static-compiled"}.get(backend, backend)
     reward = separate if kind == "unfused" else shared
     decoder = args_fast.ARGSDecoder(policy, reward, k=k, w=W, eos_token_id=[], pad_token_id=0, backend=backend)

@@ -201,11 +201,15 @@ class StaticRunner(nn.Module):
         batch, length = ids.shape
         positions = (cache.prefix_end - cache.prefix_start)[:, None].expand(batch, length)
         slots = cache.prefix_end[:, None] + torch.arange(length, device=ids.device)   # (B, T)
+        layer_index = torch.arange(self.n_layers, device=ids.device)[:, None, None]      # broadcasts to (B, T)
 
         def attend(layer, q, k, v):
-            # (B, S, H, D) views so that (row, slot) index pairs address one head-vector group each
-            cache.keys[layer].transpose(1, 2)[cache.batch_index, slots] = k.transpose(1, 2)
-            cache.values[layer].transpose(1, 2)[cache.batch_index, slots] = v.transpose(1, 2)
+            # one index_put on the whole cache tensor, (layer, row, :, slot) -> a (B, T, H, D) block: a write
+            # through a view (cache.keys[layer].transpose(...)[...] = ...) makes torch.compile copy the
+            # whole cache every step; on the base tensor it stays an in-place write
+            where = (layer_index[layer], cache.batch_index, slice(None), slots)
+            cache.keys[where] = k.transpose(1, 2)
+            cache.values[where] = v.transpose(1, 2)
             return attention(q, cache.keys[layer], cache.values[layer], cache.prefix_start, cache.prefix_end,
                              self.blocks[layer].scale)
 
