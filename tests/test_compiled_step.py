@@ -93,7 +93,9 @@ def test_auto_on_cpu_stays_eager_for_short_requests_and_compiles_for_long_ones(g
     decoder = args_fast.ARGSDecoder(policy, reward, k=K, w=W, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
     engine = decoder.engine
     assert decoder.backend == "hf" and isinstance(engine, adaptive.AdaptiveEngine)
-    assert engine.min_steps == adaptive.COMPILE_MIN_STEPS and "compiled static step" in decoder.backend_description
+    # float32: auto never compiles by default (it does not pay on CPU); 16-bit floats from COMPILE_MIN_STEPS
+    assert engine.min_steps == adaptive.NEVER and "compiled static step" in decoder.backend_description
+    assert adaptive.compile_min_steps(torch.bfloat16) == adaptive.COMPILE_MIN_STEPS
     ids, mask = padded_prompts([6, 3, 8], seed=1, vocab=VOCAB)
     decoder.generate(ids, mask)
     assert engine.compiled is None and engine.current is engine.eager, "a short request compiled"
@@ -114,7 +116,7 @@ def test_auto_on_cpu_stays_eager_for_short_requests_and_compiles_for_long_ones(g
 
 def test_the_threshold_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv("ARGS_FAST_COMPILE_MIN_STEPS", "64")
-    assert adaptive.compile_min_steps() == 64
+    assert adaptive.compile_min_steps() == 64 and adaptive.compile_min_steps(torch.bfloat16) == 64
     for bad in ("-1", "many"):
         monkeypatch.setenv("ARGS_FAST_COMPILE_MIN_STEPS", bad)
         with pytest.raises(ValueError, match="ARGS_FAST_COMPILE_MIN_STEPS must be an int >= 0"):

@@ -4,8 +4,10 @@ Compiling the static step costs seconds to a minute per graph (one per batch siz
 mode; less in a later process, from Inductor's on-disk cache), and saves milliseconds per token. So
 each request runs on the eager ``hf`` engine unless
 
-* it generates at least ``min_steps`` tokens (``ARGS_FAST_COMPILE_MIN_STEPS``, default
-  :data:`COMPILE_MIN_STEPS`), where the compile is paid back within the request, or
+* it generates at least ``min_steps`` tokens, where the compile is paid back within the request: by
+  default :data:`COMPILE_MIN_STEPS` for bfloat16 / float16 models and never for float32 ones (measured:
+  the compiled step is not faster than ``hf`` in float32 on a 2-core CPU), or
+  ``ARGS_FAST_COMPILE_MIN_STEPS`` for every dtype; or
 * the compiled graph for its shape is already built in this process (nothing left to pay).
 
 The compiled engine is built, and its self-check run, on the first request that needs it; when either
@@ -16,15 +18,21 @@ from __future__ import annotations
 import os
 import warnings
 
-# The compiled step saved 5-20 ms per token on the default 135M models on 2-core CPUs (docs/benchmarks.md)
-# and its first call costs 20-80 s there: it pays from about 2000 new tokens in one request.
-COMPILE_MIN_STEPS = 2048
+import torch
+
+# Measured on the default 135M models, 2-core AMD EPYC (benchmarks/results/bench_cpu_step.md): in bfloat16
+# the compiled fused step saves about 9 ms per token over hf and its first call costs about 30 s, so it
+# pays from about 3300 new tokens in one request; in float32 it saves nothing.
+COMPILE_MIN_STEPS = 4096
+NEVER = 2**62
 
 
-def compile_min_steps() -> int:
+def compile_min_steps(dtype=None) -> int:
+    """New tokens from which a request runs the compiled step: the environment's, else the default of
+    ``dtype`` (:data:`COMPILE_MIN_STEPS` for 16-bit floats, never for float32)."""
     value = os.environ.get("ARGS_FAST_COMPILE_MIN_STEPS", "").strip()
     if not value:
-        return COMPILE_MIN_STEPS
+        return COMPILE_MIN_STEPS if dtype in (torch.bfloat16, torch.float16) else NEVER
     try:
         steps = int(value)
     except ValueError:
@@ -39,10 +47,10 @@ class AdaptiveEngine:
     one (built on first need by ``build_compiled() -> (engine or None, reason)``); each request runs
     wholly on one of them."""
 
-    def __init__(self, eager, build_compiled, *, min_steps: int | None = None):
+    def __init__(self, eager, build_compiled, *, min_steps: int | None = None, dtype=None):
         self.eager, self._build_compiled = eager, build_compiled
         self.compiled, self.compiled_unavailable = None, None
-        self.min_steps = compile_min_steps() if min_steps is None else min_steps
+        self.min_steps = compile_min_steps(dtype) if min_steps is None else min_steps
         self.current = eager
         for name in ("k", "w", "temperature", "eos_ids", "pad_id"):
             setattr(self, name, getattr(eager, name))
@@ -57,6 +65,8 @@ class AdaptiveEngine:
         """What the decoder's backend line adds: when this engine compiles."""
         if self.compiled_unavailable is not None:
             return f"; the compiled step is unavailable ({self.compiled_unavailable})"
+        if self.min_steps >= NEVER:
+            return "; compile=True runs the compiled static step (not by default in float32: it does not pay on CPU)"
         return (f"; requests of >= {self.min_steps} new tokens run the compiled static step "
                 "(compile=True: always, compile=False: never)")
 

@@ -229,6 +229,6 @@ def choose(models: Models, options: Options, compile: bool | None = None) -> tup
             def build_compiled():
                 why = []
                 return _checked("static-compiled", models, options, why), "; ".join(why)
-            engine = AdaptiveEngine(engine, build_compiled)
+            engine = AdaptiveEngine(engine, build_compiled, dtype=next(models.policy.parameters()).dtype)
         return name, engine
     raise ValueError("no backend can run these models: " + "; ".join(reasons))
