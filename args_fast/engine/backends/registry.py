@@ -188,15 +188,18 @@ def unavailable_reason(name: str, models: Models, options: Options) -> str | Non
     return None
 
 
-def _checked(name: str, models: Models, options: Options, reasons: list[str]) -> Engine | None:
-    """Backend ``name``'s engine, self-checked where it has fast kernels; None (reason appended) if not."""
+def _checked(name: str, models: Models, options: Options, reasons: list[str], engine: Engine | None = None
+             ) -> Engine | None:
+    """Backend ``name``'s engine (``engine`` when already built), self-checked where it has fast kernels;
+    None (reason appended) if not."""
     backend = BACKENDS[name]
     device = models.policy.device
-    try:
-        engine = backend.build(models, options)
-    except BackendUnavailable as exc:
-        reasons.append(f"{name}: {exc}")
-        return None
+    if engine is None:
+        try:
+            engine = backend.build(models, options)
+        except BackendUnavailable as exc:
+            reasons.append(f"{name}: {exc}")
+            return None
     if backend.self_check:
         dims = getattr(engine, "head_dims", None) or (hf.head_dim(models.policy.config),) * 2
         failure, ran_now = self_check(name, backend.build, BACKENDS["static"].build, device,
@@ -224,11 +227,15 @@ def choose(models: Models, options: Options, compile: bool | None = None) -> tup
         engine = _checked(name, models, options, reasons)
         if engine is None:
             continue
-        if name == "hf" and compile is None and device.type == "cpu" and \
-                unavailable_reason("static-compiled", models, options) is None:
-            def build_compiled():
-                why = []
-                return _checked("static-compiled", models, options, why), "; ".join(why)
-            engine = AdaptiveEngine(engine, build_compiled, dtype=next(models.policy.parameters()).dtype)
+        if name == "hf" and compile is None and device.type == "cpu":
+            try:   # built once here (runners only: caches and the compile come with the first request)
+                compiled = BACKENDS["static-compiled"].build(models, options)
+            except BackendUnavailable:
+                compiled = None
+            if compiled is not None:
+                def build_compiled():   # self-checked on the first request that needs it
+                    why = []
+                    return _checked("static-compiled", models, options, why, engine=compiled), "; ".join(why)
+                engine = AdaptiveEngine(engine, build_compiled, dtype=next(models.policy.parameters()).dtype)
         return name, engine
     raise ValueError("no backend can run these models: " + "; ".join(reasons))
