@@ -72,6 +72,7 @@ def cells() -> list[tuple[str, int, int, int, tuple[str, ...]]]:
         raise ValueError(f"ARGS_FAST_BENCH_GRID must be quick, default or full, got {GRID!r}")
     scaling = [("float32", 256, 1, k, SCALING_ROWS) for k in (1, 40)] + [("float32", 256, 4, 10, SCALING_ROWS)]
     scaling += [("float32", p, 1, 10, SCALING_ROWS) for p in (64, 1024)]
+    scaling += [("bfloat16", 256, 1, 40, SCALING_ROWS), ("bfloat16", 256, 4, 10, SCALING_ROWS)]
     return head + scaling + [("float32", 64, 1, 10, ("reference",))]
 
 

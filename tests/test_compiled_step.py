@@ -16,6 +16,7 @@ import torch
 from torch._dynamo.utils import counters
 
 import args_fast
+from args_fast.engine import packed_linear
 from args_fast.engine.backends import adaptive, registry, self_check
 from args_fast.engine.backends.static_engine import bucket_slots
 from tiny_models import make_pair, padded_prompts
@@ -135,12 +136,12 @@ def literal_scores(policy, reward, prefix: list[int]) -> torch.Tensor:
     return (top + W * rewards).sort(descending=True).values
 
 
-def assert_same_within_dtype_error(dtype, want, got, prompt_ids, prompt_mask):
+def assert_same_within_dtype_error(dtype, want, got, prompt_ids, prompt_mask, pair=None):
     """Tokens may differ from the reference only at a step where the reference's two best scores are
     closer than that dtype's error there, defined as twice the largest difference between the k
     candidates' scores computed in ``dtype`` and in float32 (same weights, upcast). Rows are compared
     up to their first difference (after it the contexts differ)."""
-    policy, reward = models(dtype)
+    policy, reward = models(dtype) if pair is None else pair
     upcast = copy.deepcopy(policy).float(), copy.deepcopy(reward).float()   # the same weights, in float32
     width = prompt_ids.shape[1]
     differing = 0
@@ -181,6 +182,43 @@ def test_the_dtype_rule_refuses_a_difference_where_the_scores_are_far_apart():
     got.sequences[0, width] = (got.sequences[0, width] + 1) % VOCAB
     with pytest.raises(AssertionError, match="more than the dtype's error"):
         assert_same_within_dtype_error(torch.bfloat16, want, got, ids, mask)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_are_each_engines_own_and_follow_changes(dtype):
+    """On CPU the compiled step's linears run on packed copies of the weights. Two engines on models of
+    the same shapes but other weights must each run their own weights, and an engine must see its
+    model's weights change in place."""
+    if packed_linear.unavailable_reason(dtype):
+        pytest.skip(packed_linear.unavailable_reason(dtype))
+    base, reward = models(dtype)
+    policy, other = copy.deepcopy(base), copy.deepcopy(base)
+    with torch.no_grad():    # other weights, same shapes: reversed output rows, so the tokens differ
+        other.lm_head.weight.copy_(other.lm_head.weight.flip(0))
+        other.model.layers[0].mlp.up_proj.weight.mul_(-1)
+    ids, mask = padded_prompts([6, 3, 8], seed=5, vocab=VOCAB)
+
+    def check(decoder, model):
+        got = decoder.generate(ids, mask)
+        want = args_fast.generate(model, reward, ids, mask, k=K, w=W, max_new_tokens=6, eos_token_id=[],
+                                  pad_token_id=0, backend="reference")
+        if dtype == torch.float32:
+            assert torch.equal(got.sequences, want.sequences)
+        else:
+            assert_same_within_dtype_error(dtype, want, got, ids, mask, pair=(model, reward))
+        return got
+
+    decoders = [args_fast.ARGSDecoder(m, reward, k=K, w=W, max_new_tokens=6, eos_token_id=[], pad_token_id=0,
+                                      backend="static-compiled") for m in (policy, other)]
+    assert all(d.engine.packed for d in decoders)
+    first = check(decoders[0], policy)
+    second = check(decoders[1], other)
+    assert not torch.equal(first.sequences, second.sequences), "test setup: the two models must decode differently"
+    with torch.no_grad():    # the first model's weights change in place: its engine packs them again
+        policy.load_state_dict(other.state_dict())
+    again = check(decoders[0], policy)
+    assert torch.equal(again.sequences, second.sequences)
+    assert list(decoders[0].compile_seconds) == [(3, 256, "greedy")], "repacking must not recompile"
 
 
 def test_registry_lists_the_compiled_backend():

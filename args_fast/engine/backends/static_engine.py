@@ -13,11 +13,16 @@ each op holding the contract of its torch reference in ``args_fast.engine.ops``.
 
 ``static-compiled``: the whole step (top-k without host reads, the candidates' decode, the heads,
 select + commit, the policy's decode of the winner) is one ``torch.compile`` graph (Inductor; on CPU its
-C++ backend with weight prepacking). Shapes are static: one graph per (batch, cache slots, greedy or
-stochastic), so caches are allocated in buckets (:func:`bucket_slots`) and prompts of other lengths
-in the same bucket reuse the compiled code; Inductor's on-disk cache makes a later process's first
-call cheaper. The first call of each graph compiles it (seconds to a minute): ``compile_seconds``
-records it. On CUDA, with both models on one device, the
+C++ backend). Shapes are static: one graph per (batch, cache slots, greedy or stochastic), so caches
+are allocated in buckets (:func:`bucket_slots`) and prompts of other lengths in the same bucket reuse
+the compiled code. The first call of each graph compiles it (seconds to a minute): ``compile_seconds``
+records it. Each engine compiles its own copy of the step's code, so its graphs are its own: found by
+its own guards and dropped with it. On CPU the runners' linear layers run on weights oneDNN reordered
+once (:mod:`args_fast.engine.packed_linear`; Q/K/V and gate/up as one GEMM each), where oneDNN takes the
+dtype: the engine holds one packed copy of the weights, and a change of the weights (through the
+parameters: ``copy_``, ``load_state_dict``, an optimizer step, a replaced tensor) is seen at the next
+request, which packs them again. A write through ``.data`` bypasses the version counters and is not
+seen. Inductor's on-disk cache makes a later process's first call cheaper. On CUDA, with both models on one device, the
 whole step is captured once as a CUDA graph (per cache allocation and mode) and replayed; the prefix
 windows are device tensors, so the graph is valid at every length. On CPU, or with the models on
 different devices, the step runs eagerly (``select_commit`` touches the policy's logits and the
@@ -35,13 +40,17 @@ from __future__ import annotations
 
 import os
 import time
+import types
 from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
+from .. import compiled_ops
 from .. import ops as torch_ops
+from ..packed_linear import PackedLinear, unavailable_reason
+from ..runners.packing import pack_linears, repack
 
 
 class BackendUnavailable(Exception):
@@ -120,16 +129,27 @@ def _csrc_ops(device, head_dims, dtype, k) -> OpsTable:
                     f"csrc {where} select + commit and top-k (k <= {csrc_ops.topk_max_k()}) + {how}")
 
 
+def _packs(device, dtype) -> bool:
+    """Whether the compiled step runs its linears on oneDNN-packed weights: on CPU, where oneDNN takes
+    the dtype (:func:`args_fast.engine.packed_linear.unavailable_reason`)."""
+    return device.type == "cpu" and unavailable_reason(dtype) is None
+
+
 def _compiled_ops(device, head_dims, dtype, k) -> OpsTable:
     if device.type not in ("cpu", "cuda"):
         raise BackendUnavailable(f"the compiled step runs on CPU and CUDA, the models are on {device}")
-    # one graph per step: the exact top-k with no host read, SDPA over the static cache (its mask keeps
-    # each candidate to its prefix and own slot), the torch select + commit; Inductor fuses the rest
-    return OpsTable("static-compiled", sdpa_candidate_attention, torch_ops.topk_logits_sync_free,
-                    torch_ops.select_commit,
+    # one graph per step: the exact top-k with no host read; attention over the static cache, the mask
+    # keeping each candidate to its prefix and own slot: float32 on CPU the grouped matmuls, else SDPA
+    # (see compiled_ops; on CUDA its kernels suit the GPU, not measured there yet); the select + commit
+    # with in-place cache writes
+    cpu = device.type == "cpu"
+    grouped = cpu and dtype == torch.float32
+    attention = compiled_ops.grouped_candidate_attention if grouped else sdpa_candidate_attention
+    return OpsTable("static-compiled", attention, torch_ops.topk_logits_sync_free, compiled_ops.select_commit_in_place,
                     "the whole step as one torch.compile graph (Inductor"
-                    f"{' C++ on CPU' if device.type == 'cpu' else ', CUDA'}): SDPA candidate attention, exact top-k, "
-                    "select + commit")
+                    f"{' C++ on CPU' if cpu else ', CUDA'}): {'grouped matmul' if grouped else 'SDPA'} candidate "
+                    "attention, exact top-k, select + commit"
+                    + (", linears on oneDNN-packed weights" if _packs(device, dtype) else ""))
 
 
 # name -> loader(device, head_dims, dtype, k) -> OpsTable, raising BackendUnavailable with the reason
@@ -181,9 +201,11 @@ class StaticEngine:
         self.compile_step = compile_step
         # first-call seconds of each compiled graph, by (batch, cache slots, "greedy" / "stochastic")
         self.compile_seconds: dict[tuple[int, int, str], float] = {}
+        self.packed = any(isinstance(m, PackedLinear) for r in (policy, reward) if r is not None for m in r.modules())
         if compile_step:
             _allow_recompiles()
-            self._compiled_body = torch.compile(self._step_body, fullgraph=True, dynamic=False)
+            self._weights_seen = self._weights_signature() if self.packed else None
+            self._compiled_body = self._new_compiled_body()
         self.pcache = self.rcache = None
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
         self.nonfinite = torch.zeros(0, dtype=torch.bool, device=self.device)
@@ -232,11 +254,47 @@ class StaticEngine:
         return {"policy_kv": self.pcache.nbytes() if self.pcache else 0,
                 "reward_kv": self.rcache.nbytes() if self.rcache else 0}
 
+    # -------------------------------------------------------------------------------- compiling
+    def _new_compiled_body(self):
+        """``torch.compile`` of ``_step_body`` through a copy of its code object: Dynamo keeps graphs per
+        code object, so this engine's graphs (which name its packed weights by key) are its own."""
+        fn = StaticEngine._step_body
+        code = fn.__code__.replace(co_name=f"_step_body_of_engine_{id(self):x}")
+        own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+        return torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False)
+
+    def _weights_signature(self) -> tuple:
+        """Identity, storage and version counter of every parameter and buffer the step reads: an in-place
+        change (``copy_``, ``load_state_dict``, an optimizer step) or a replaced tensor changes it."""
+        modules = [m for m in (self.policy, self.reward, self.reward_head) if isinstance(m, torch.nn.Module)]
+        sig = []
+        for module in modules:
+            for t in (*module.parameters(), *module.buffers()):
+                try:
+                    version = t._version
+                except RuntimeError:   # an inference tensor has no version counter (and cannot be changed in place)
+                    version = -1
+                sig.append((id(t), t.data_ptr(), version))
+        return tuple(sig)
+
+    def _check_weights(self):
+        """Packed layers hold a copy of the weights: when the weights changed since it was made, pack
+        them again (the graphs name the packed weights by key, so nothing recompiles)."""
+        if not self.packed:
+            return
+        sig = self._weights_signature()
+        if sig != self._weights_seen:
+            for runner in (self.policy, self.reward):
+                if runner is not None:
+                    repack(runner)
+            self._weights_seen = sig
+
     @torch.no_grad()
     def prefill(self, input_ids, attention_mask, max_new_tokens):
         batch, prompt = input_ids.shape
         needed = prompt + max_new_tokens
         if self.compile_step:
+            self._check_weights()
             needed = bucket_slots(needed)
             if self.pcache is not None and self.pcache.batch == batch and self.slots >= needed:
                 needed = self.slots   # a larger cache of this batch size is already compiled for: keep it
@@ -365,9 +423,9 @@ class StaticEngine:
 
 
 def _allow_recompiles() -> None:
-    """Every compiled engine adds graphs to the one code object of ``StaticEngine._step_body`` (one per
-    shape, mode and model): raise Dynamo's per-code-object limit so that a process with several engines
-    keeps compiling instead of silently running the step eagerly."""
+    """An engine adds a graph to its code object per (batch, cache bucket, mode): raise Dynamo's
+    per-code-object limit (8) so that an engine serving many shapes keeps compiling instead of silently
+    running the step eagerly."""
     import torch._dynamo.config as dynamo_config
     for name in ("recompile_limit", "cache_size_limit"):
         if hasattr(dynamo_config, name) and getattr(dynamo_config, name) < 256:
@@ -395,6 +453,11 @@ def build_static_engine(ops_name: str, policy, reward_model, *, k: int, w: float
     compiled = ops_name in COMPILED
     if compiled and len({r.device for r in runners}) > 1:
         raise BackendUnavailable("the compiled step needs the policy and the reward model on one device")
+    if compiled and _packs(runners[0].device, runners[0].dtype):
+        # rows per step: the k candidates through whichever runner scores them, one token otherwise
+        pack_linears(runners[0], rows=k if reward_head is not None else 1, head_rows=1)
+        if reward_model is not None:
+            pack_linears(runners[1], rows=k, head_rows=k)
     return StaticEngine(runners[0], runners[1] if reward_model is not None else None, ops, k=k, w=w,
                         temperature=temperature, eos_ids=eos_ids, pad_id=pad_id,
                         use_graph=False if compiled else use_graph, reward_head=reward_head, compile_step=compiled)

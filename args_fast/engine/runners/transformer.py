@@ -52,6 +52,16 @@ class GatedMLP(nn.Module):   # Llama family: down(act(gate(x)) * up(x))
         return self.down(self.act(self.gate(x)) * self.up(x))
 
 
+class FusedGatedMLP(nn.Module):   # GatedMLP with gate and up as one projection returning both
+    def __init__(self, gate_up, down, act):
+        super().__init__()
+        self.gate_up, self.down, self.act = gate_up, down, act
+
+    def forward(self, x):
+        gate, up = self.gate_up(x)
+        return self.down(self.act(gate) * up)
+
+
 class PlainMLP(nn.Module):   # OPT, GPT-2: fc2(act(fc1(x)))
     def __init__(self, fc1, fc2, act):
         super().__init__()
