@@ -94,9 +94,11 @@ def test_auto_on_cpu_stays_eager_for_short_requests_and_compiles_for_long_ones(g
     decoder = args_fast.ARGSDecoder(policy, reward, k=K, w=W, max_new_tokens=6, eos_token_id=[], pad_token_id=0)
     engine = decoder.engine
     assert decoder.backend == "hf" and isinstance(engine, adaptive.AdaptiveEngine)
-    # float32: auto never compiles by default (it does not pay on CPU); 16-bit floats from COMPILE_MIN_STEPS
-    assert engine.min_steps == adaptive.NEVER and "compiled static step" in decoder.backend_description
-    assert adaptive.compile_min_steps(torch.bfloat16) == adaptive.COMPILE_MIN_STEPS
+    # each dtype from its own threshold (float32 2048, 16-bit floats 4096), any other dtype never
+    assert engine.min_steps == adaptive.COMPILE_MIN_STEPS[torch.float32] == 2048
+    assert "requests of >= 2048 new tokens run the compiled static step" in decoder.backend_description
+    assert adaptive.compile_min_steps(torch.bfloat16) == adaptive.compile_min_steps(torch.float16) == 4096
+    assert adaptive.compile_min_steps(torch.float64) == adaptive.NEVER
     ids, mask = padded_prompts([6, 3, 8], seed=1, vocab=VOCAB)
     decoder.generate(ids, mask)
     assert engine.compiled is None and engine.current is engine.eager, "a short request compiled"

@@ -103,8 +103,8 @@ def add_placement_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                         help="compile the decoding step into one graph (torch.compile): on = always (backend "
                              "static-compiled, tens of seconds per new shape), off = never, auto = on CPU for "
-                             "bfloat16/float16 requests of at least 4096 new tokens (ARGS_FAST_COMPILE_MIN_STEPS), "
-                             "where it pays")
+                             "requests of at least 2048 new tokens in float32, 4096 in bfloat16/float16 "
+                             "(ARGS_FAST_COMPILE_MIN_STEPS), where it pays")
     parser.add_argument("--policy-device", metavar="DEVICE",
                         help="where the policy runs, e.g. cpu, cuda, cuda:1 (default: this process's GPU when there "
                              "is one, cuda:LOCAL_RANK under torchrun, else the CPU)")

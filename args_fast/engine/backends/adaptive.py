@@ -5,9 +5,8 @@ mode; less in a later process, from Inductor's on-disk cache), and saves millise
 each request runs on the eager ``hf`` engine unless
 
 * it generates at least ``min_steps`` tokens, where the compile is paid back within the request: by
-  default :data:`COMPILE_MIN_STEPS` for bfloat16 / float16 models and never for float32 ones (measured:
-  the compiled step is not faster than ``hf`` in float32 on a 2-core CPU), or
-  ``ARGS_FAST_COMPILE_MIN_STEPS`` for every dtype; or
+  default :data:`COMPILE_MIN_STEPS` for the models' dtype, or ``ARGS_FAST_COMPILE_MIN_STEPS`` for
+  every dtype; or
 * the compiled graph for its shape is already built in this process (nothing left to pay).
 
 The compiled engine is built, and its self-check run, on the first request that needs it; when either
@@ -20,19 +19,22 @@ import warnings
 
 import torch
 
-# Measured on the default 135M models, 2-core AMD EPYC (benchmarks/results/bench_cpu_step.md): in bfloat16
-# the compiled fused step saves about 9 ms per token over hf and its first call costs about 30 s, so it
-# pays from about 3300 new tokens in one request; in float32 it saves nothing.
-COMPILE_MIN_STEPS = 4096
+# The rule: the request length at which the time saved per token repays a cold compile, rounded up to a
+# power of two. Measured on the default 135M models, 2-core AMD EPYC (benchmarks/results/
+# bench_cpu_step_cpu.md, bench_compile_cache_cpu.json): the compiled fused step saves 50 ms per token
+# over hf in float32 and compiles cold in 69 s (1380 tokens), 21 ms in bfloat16 against 51 s (2430
+# tokens). A warm on-disk cache compiles in about 5 s. float16 (no oneDNN float16 kernels on that CPU,
+# so its linears are not packed; not measured) takes bfloat16's.
+COMPILE_MIN_STEPS = {torch.float32: 2048, torch.bfloat16: 4096, torch.float16: 4096}
 NEVER = 2**62
 
 
 def compile_min_steps(dtype=None) -> int:
     """New tokens from which a request runs the compiled step: the environment's, else the default of
-    ``dtype`` (:data:`COMPILE_MIN_STEPS` for 16-bit floats, never for float32)."""
+    ``dtype`` (:data:`COMPILE_MIN_STEPS`; never for another dtype)."""
     value = os.environ.get("ARGS_FAST_COMPILE_MIN_STEPS", "").strip()
     if not value:
-        return COMPILE_MIN_STEPS if dtype in (torch.bfloat16, torch.float16) else NEVER
+        return COMPILE_MIN_STEPS.get(dtype, NEVER)
     try:
         steps = int(value)
     except ValueError:
@@ -66,7 +68,7 @@ class AdaptiveEngine:
         if self.compiled_unavailable is not None:
             return f"; the compiled step is unavailable ({self.compiled_unavailable})"
         if self.min_steps >= NEVER:
-            return "; compile=True runs the compiled static step (not by default in float32: it does not pay on CPU)"
+            return "; compile=True runs the compiled static step (not by default for this dtype)"
         return (f"; requests of >= {self.min_steps} new tokens run the compiled static step "
                 "(compile=True: always, compile=False: never)")
 
