@@ -9,9 +9,10 @@ by ``tests/test_compiled_ops.py``.
   token (30 calls of 177 us: its CPU flash kernel is built for long query blocks), these two matmuls
   3.1 ms. Computed in float32 like the reference. The compiled step uses it for float32 models: in
   bfloat16 Inductor feeds it queries computed in float32 and never rounded to bfloat16 (eager and the
-  reference round them), and a tiny test model's tokens then left the dtype's error (also with the
-  queries rounded explicitly; Inductor's ``emulate_precision_casts`` fixes it at 20 % of the step's
-  time); SDPA takes its inputs stored, so rounded.
+  reference round them), and a tiny test model's tokens then left the dtype's error, also with the
+  queries rounded by bit operations or stored through an opaque copy first (then by a score gap of 6.4
+  on another prompt: more than rounding, not understood yet). Inductor's ``emulate_precision_casts``
+  fixes it at 20 % of the step's time. SDPA takes its inputs stored and keeps the dtype's error.
 * :func:`select_commit_in_place` (``ops.select_commit``): the winner's K/V moved with ``index_put_``
   on the whole cache tensors, which Inductor lowers to an in-place write of the moved rows. The
   reference's ``scatter_`` made the compiled graph copy both caches twice per step (float32 default
