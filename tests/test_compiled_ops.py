@@ -163,7 +163,8 @@ def test_packed_linear_repacks_and_releases_its_copy():
     with torch.no_grad():
         layer.weight.mul_(-2)
         stale = packed(x)
-        packed.repack()
+        assert packed.repack_if_changed(), "an in-place change of the weight must be seen"
+        assert not packed.repack_if_changed(), "unchanged weights must not be packed again"
         fresh = packed(x)
         want = layer(x)
     assert not torch.allclose(stale, want), "the packed copy is a copy: it must not see the change before repack"

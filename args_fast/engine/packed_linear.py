@@ -60,24 +60,32 @@ def unavailable_reason(dtype: torch.dtype) -> str | None:
     return f"oneDNN linear takes float32, bfloat16 or float16, not {dtype}"
 
 
-def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(out, in) weight and bias of an ``nn.Linear`` or of transformers' ``Conv1D`` (weight (in, out))."""
-    if isinstance(layer, nn.Linear):
-        return layer.weight, layer.bias
-    if type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"):
-        return layer.weight.t(), layer.bias
-    raise TypeError(f"cannot pack a {type(layer).__name__}: nn.Linear or transformers' Conv1D only")
-
-
 def packable(layer) -> bool:
+    """An ``nn.Linear`` or transformers' ``Conv1D`` (GPT-2's projections, weight (in, out))."""
     return isinstance(layer, nn.Linear) or (type(layer).__name__ == "Conv1D" and hasattr(layer, "nf"))
+
+
+def _weight_and_bias(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(out, in) weight and bias of a :func:`packable` layer."""
+    if not packable(layer):
+        raise TypeError(f"cannot pack a {type(layer).__name__}: nn.Linear or transformers' Conv1D only")
+    return (layer.weight if isinstance(layer, nn.Linear) else layer.weight.t()), layer.bias
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:   # an inference tensor has no version counter (and cannot be changed in place)
+        return -1
 
 
 class PackedLinear(nn.Module):
     """``layers`` (reading the same input) as one oneDNN GEMM on a packed copy of their weights. Returns
     the output split per layer (or by ``split``), a single tensor for a single layer without ``split``.
     ``rows`` is the expected number of input rows (oneDNN's layout hint; any number works).
-    :meth:`repack` re-reads the layers' weights (the engine calls it when they changed)."""
+    :meth:`repack_if_changed` re-reads the layers' weights when they changed through their parameters
+    (in place: ``copy_``, ``load_state_dict``, an optimizer step; or a replaced tensor). A write through
+    ``.data`` bypasses the version counters and is not seen."""
 
     def __init__(self, layers: list[nn.Module], rows: int, split: list[int] | None = None):
         super().__init__()
@@ -90,7 +98,19 @@ class PackedLinear(nn.Module):
         self.repack()
         weakref.finalize(self, _PACKED.pop, self.key, None)   # the packed copy goes with its module
 
+    def _signature(self) -> tuple:
+        """Identity, storage and version counter of the packed layers' parameters."""
+        return tuple((id(p), p.data_ptr(), _version(p)) for p in self.layers.parameters())
+
+    def repack_if_changed(self) -> bool:
+        """Pack the weights again if they changed since they were packed; True when it did."""
+        if self._signature() == self._packed_from:
+            return False
+        self.repack()
+        return True
+
     def repack(self) -> None:
+        self._packed_from = self._signature()
         with torch.no_grad():
             pairs = [_weight_and_bias(layer) for layer in self.layers]
             weight = torch.cat([w for w, _ in pairs]) if len(pairs) > 1 else pairs[0][0].contiguous()

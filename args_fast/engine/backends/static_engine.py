@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from .. import compiled_ops
 from .. import ops as torch_ops
 from ..packed_linear import PackedLinear, unavailable_reason
-from ..runners.packing import pack_linears, repack
+from ..runners.packing import pack_linears, repack_changed
 
 
 class BackendUnavailable(Exception):
@@ -204,7 +204,6 @@ class StaticEngine:
         self.packed = any(isinstance(m, PackedLinear) for r in (policy, reward) if r is not None for m in r.modules())
         if compile_step:
             _allow_recompiles()
-            self._weights_seen = self._weights_signature() if self.packed else None
             self._compiled_body = self._new_compiled_body()
         self.pcache = self.rcache = None
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
@@ -263,31 +262,13 @@ class StaticEngine:
         own = types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
         return torch.compile(types.MethodType(own, self), fullgraph=True, dynamic=False)
 
-    def _weights_signature(self) -> tuple:
-        """Identity, storage and version counter of every parameter and buffer the step reads: an in-place
-        change (``copy_``, ``load_state_dict``, an optimizer step) or a replaced tensor changes it."""
-        modules = [m for m in (self.policy, self.reward, self.reward_head) if isinstance(m, torch.nn.Module)]
-        sig = []
-        for module in modules:
-            for t in (*module.parameters(), *module.buffers()):
-                try:
-                    version = t._version
-                except RuntimeError:   # an inference tensor has no version counter (and cannot be changed in place)
-                    version = -1
-                sig.append((id(t), t.data_ptr(), version))
-        return tuple(sig)
-
     def _check_weights(self):
-        """Packed layers hold a copy of the weights: when the weights changed since it was made, pack
-        them again (the graphs name the packed weights by key, so nothing recompiles)."""
-        if not self.packed:
-            return
-        sig = self._weights_signature()
-        if sig != self._weights_seen:
+        """Packed layers hold a copy of the weights: those whose weights changed since are packed again
+        (the graphs name the packed weights by key, so nothing recompiles)."""
+        if self.packed:
             for runner in (self.policy, self.reward):
                 if runner is not None:
-                    repack(runner)
-            self._weights_seen = sig
+                    repack_changed(runner)
 
     @torch.no_grad()
     def prefill(self, input_ids, attention_mask, max_new_tokens):

@@ -30,8 +30,8 @@ def pack_linears(runner: StaticRunner, rows: int, head_rows: int) -> StaticRunne
     return runner
 
 
-def repack(runner) -> None:
-    """Re-read every packed layer's weights (after they changed)."""
+def repack_changed(runner) -> None:
+    """Pack again the weights of every packed layer of ``runner`` whose weights changed since."""
     for module in runner.modules():
         if isinstance(module, PackedLinear):
-            module.repack()
+            module.repack_if_changed()
