@@ -13,7 +13,7 @@ from ..decoding.decoder import ARGSDecoder
 from ..decoding.inputs import ROLES, check_request, cut_at_eos, encode_prompts
 from ..integrations.console import hide_progress
 from ..integrations.run_files import (info, lock_run, make_record, output_file, progress_disabled, read_user_text,
-                                      releases_locks, text_lines, write_jsonl)
+                                      releases_locks, text_lines, user_json_lines, write_jsonl)
 from ..loading import (check_model_dir, check_placement, check_reward_flags, compile_of, dtype_of, load_reward,
                        load_user_models, placement, run_model_fingerprints)
 from ..rewards import kinds
@@ -30,14 +30,7 @@ def read_messages(flag: str, path: str) -> list[list[dict]]:
     system message only first, ending with a user message. A line that breaks this is a UserError naming
     the flag, the file and the line."""
     conversations = []
-    for number, line in enumerate(text_lines(read_user_text(flag, path)), 1):
-        if not line.strip():
-            continue
-        where = f"{flag} {path}: line {number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{where} is not JSON ({err.msg}, column {err.colno})") from None
+    for where, record in user_json_lines(flag, path):
         messages = record.get("messages") if isinstance(record, dict) else None
         if not isinstance(messages, list) or not messages:
             raise UserError(f'{where} must be a JSON object with a non-empty list "messages", e.g. '

@@ -18,7 +18,7 @@ from ..data.prompts import select
 from ..decoding.inputs import encode_prompts
 from ..integrations import parallel
 from ..integrations.run_files import (command_line, info, lock_run, machine_info, make_out_dir, make_record,
-                                      read_user_text, releases_locks, text_lines, write_jsonl)
+                                      releases_locks, user_json_lines, write_jsonl)
 from ..loading import (check_model_dir, check_placement, check_reward_flags, compile_of, dtype_of, load_reward, load_user_models,
                        placement, run_model_fingerprints)
 from ..validation import UserError
@@ -34,19 +34,13 @@ def read_prompt_records(flag: str, path: str) -> list[dict]:
     without a ``prompt`` (the metadata line) are skipped. Each way the file can be unusable (missing,
     unreadable, not UTF-8, not JSON lines, no prompts) is a UserError naming the flag and the file."""
     records = []
-    for number, line in enumerate(text_lines(read_user_text(flag, path)), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(f"{flag} {path}: line {number} is not JSON ({err.msg}, column {err.colno})") from None
+    for where, record in user_json_lines(flag, path):
         if not isinstance(record, dict):
-            raise UserError(f"{flag} {path}: line {number} is not a JSON object")
+            raise UserError(f"{where} is not a JSON object")
         if "prompt" not in record:
             continue
         if not isinstance(record["prompt"], str) or "id" not in record:
-            raise UserError(f"{flag} {path}: line {number} needs a string \"prompt\" and an \"id\"")
+            raise UserError(f"{where} needs a string \"prompt\" and an \"id\"")
         records.append(record)
     if not records:
         raise UserError(f"{flag} {path}: no prompt records in it (JSON lines with \"id\" and \"prompt\")")

@@ -46,6 +46,21 @@ def text_lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
+def user_json_lines(flag: str, path: str):
+    """``(where, value)`` of each non-blank line of the JSONL file the user named with ``flag``; ``where``
+    ("FLAG PATH: line N") is for the caller's own errors. The file being unusable (see
+    :func:`read_user_text`) or a line that is not JSON is a UserError naming the flag, file and line."""
+    for number, line in enumerate(text_lines(read_user_text(flag, path)), 1):
+        if not line.strip():
+            continue
+        where = f"{flag} {path}: line {number}"
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise UserError(f"{where} is not JSON ({err.msg}, column {err.colno})") from None
+        yield where, value
+
+
 def make_out_dir(flag: str, path: str) -> Path:
     """``path`` created (with its parents) if needed; an OSError becomes a UserError naming the flag."""
     try:
